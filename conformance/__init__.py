@@ -1,0 +1,1 @@
+"""Conformance documents generated from the code's own tables."""

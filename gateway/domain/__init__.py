@@ -1,0 +1,1 @@
+"""The domain core: plain, typed, frozen objects and rules. Imports no framework."""

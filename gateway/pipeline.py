@@ -1,0 +1,108 @@
+"""The whole data flow in one table: event → where it comes from, what happens next, how it is audited.
+
+Steps are driven by durable state (rows claimed with `UPDATE … RETURNING`), not by in-memory
+messages, so a restart loses nothing; this table is the map of those steps. Audit and metrics
+subscribe to every event through `PipelineEvent`, written in the same transaction as the state
+change it describes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gateway.domain.model import Actor, ModelIdentity, Thresholds
+
+
+class Event(enum.StrEnum):
+    """Every arrow of the flow."""
+
+    INSTANCE_STORED = "instance-stored"
+    INSTANCE_REFUSED = "instance-refused"
+    STUDY_STABLE = "study-stable"
+    STUDY_SCORED = "study-scored"
+    STANDARD_TRIAGE = "standard-triage"
+    REVIEW_REQUESTED = "review-requested"
+    REVIEW_REFUSED = "review-refused"
+    DECISION_RECORDED = "decision-recorded"
+    WORKLIST_QUEUED = "worklist-queued"
+    WORKLIST_ATTEMPTED = "worklist-attempted"
+    WORKLIST_DELIVERED = "worklist-delivered"
+    WORKLIST_DEAD_LETTERED = "worklist-dead-lettered"
+    AUTHENTICATION_FAILED = "authentication-failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One row of the pipeline table."""
+
+    event: Event
+    produced_by: str
+    next_step: str
+    audit_type: tuple[str, str, str]  # (system, code, display) of AuditEvent.type
+    action: str  # AuditEvent.action: C R U D E
+
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+REST = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+
+PIPELINE: dict[Event, Stage] = {
+    s.event: s
+    for s in (
+        Stage(Event.INSTANCE_STORED, "gateway.listeners.dimse", "assembly: push the study's quiet deadline",
+              (DCM, "110104", "DICOM Instances Transferred"), "C"),
+        Stage(Event.INSTANCE_REFUSED, "gateway.listeners.dimse", "none: the sender got a failure status",
+              (DCM, "110104", "DICOM Instances Transferred"), "C"),
+        Stage(Event.STUDY_STABLE, "gateway.assembly", "scoring: route and score the study",
+              (DCM, "110100", "Application Activity"), "E"),
+        Stage(Event.STUDY_SCORED, "gateway.scoring_step", "review: Task if the score reaches the threshold",
+              (DCM, "110100", "Application Activity"), "C"),
+        Stage(Event.STANDARD_TRIAGE, "gateway.scoring_step", "none: the study keeps standard triage",
+              (DCM, "110100", "Application Activity"), "C"),
+        Stage(Event.REVIEW_REQUESTED, "gateway.scoring_step", "reviewer: complete the Task",
+              (REST, "rest", "RESTful Operation"), "C"),
+        Stage(Event.REVIEW_REFUSED, "gateway.review_service", "none: the request changed nothing",
+              (REST, "rest", "RESTful Operation"), "U"),
+        Stage(Event.DECISION_RECORDED, "gateway.review_service", "worklist: queue the priority change",
+              (REST, "rest", "RESTful Operation"), "U"),
+        Stage(Event.WORKLIST_QUEUED, "gateway.review_service", "dispatcher: deliver until acknowledged",
+              (DCM, "110109", "Order Record"), "U"),
+        Stage(Event.WORKLIST_ATTEMPTED, "gateway.outbox", "dispatcher: retry with backoff",
+              (DCM, "110109", "Order Record"), "U"),
+        Stage(Event.WORKLIST_DELIVERED, "gateway.outbox", "none: the RIS acknowledged",
+              (DCM, "110109", "Order Record"), "U"),
+        Stage(Event.WORKLIST_DEAD_LETTERED, "gateway.outbox", "operator: inspect and replay",
+              (DCM, "110109", "Order Record"), "U"),
+        Stage(Event.AUTHENTICATION_FAILED, "gateway.listeners.http", "none: 401/403 answered",
+              (DCM, "110114", "User Authentication"), "E"),
+    )
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineEvent:
+    """One occurrence of an event, with everything the audit record must carry."""
+
+    kind: Event
+    actor: Actor
+    occurred_at: datetime
+    outcome: str = "0"  # AuditEvent.outcome: 0 success, 4 minor, 8 serious, 12 major failure
+    outcome_desc: str = ""
+    study_instance_uid: str = ""
+    patient_id: str = ""
+    encounter_id: str = ""
+    model: ModelIdentity | None = None
+    input_hash: str = ""
+    thresholds: Thresholds | None = None
+    rationale: str = ""
+    entities: tuple[str, ...] = ()  # references the event is about, e.g. "Task/t1/_history/2"
+    detail: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = ""
+    subtype: str = ""  # restful-interaction code for REST events
+
+    @property
+    def stage(self) -> Stage:
+        """This event's row of the pipeline table."""
+        return PIPELINE[self.kind]

@@ -1,0 +1,328 @@
+"""Typed, immutable settings loaded from one TOML file and `HITL_GATEWAY_<SECTION>__<KEY>` variables.
+
+Every field is documented where it is declared (meaning, unit, default); `docs/configuration.md`
+lists the same names and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "HITL_GATEWAY_"
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+    code = "invalid-settings"
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True, slots=True)
+class DicomSettings:
+    """DIMSE listener."""
+
+    port: int = field(default=11112, metadata=_doc("TCP port of the C-STORE/C-ECHO SCP."))
+    ae_title: str = field(default="HITLGW", metadata=_doc("Called AE title of the SCP."))
+    host: str = field(default="0.0.0.0", metadata=_doc("Address the SCP binds to."))  # noqa: S104
+    allowed_calling_aes: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("Calling AE titles allowed to associate; empty allows any (site choice)."),
+    )
+    max_pdu: int = field(
+        default=131072, metadata=_doc("Maximum PDU length offered, in bytes (0 = unlimited).")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """HTTP listener (FHIR, DICOMweb, health, metrics)."""
+
+    port: int = field(default=8080, metadata=_doc("TCP port of the HTTP listener."))
+    host: str = field(default="0.0.0.0", metadata=_doc("Address the HTTP listener binds to."))  # noqa: S104
+    base_url: str = field(
+        default="",
+        metadata=_doc(
+            "Public base URL of the gateway, e.g. https://gw.example.org; the FHIR base is "
+            "<base_url>/fhir and is the audience tokens must carry. Empty: http://localhost:<port>."
+        ),
+    )
+    max_body_bytes: int = field(
+        default=10 * 1024 * 1024, metadata=_doc("Largest accepted FHIR request body, in bytes.")
+    )
+
+    def fhir_base(self) -> str:
+        """The FHIR base URL, which is also the token audience."""
+        base = self.base_url.rstrip("/") or f"http://localhost:{self.port}"
+        return f"{base}/fhir"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """Local files: spool, keys, embedded stores."""
+
+    data_dir: Path = field(
+        default=Path("./var"), metadata=_doc("Directory for the spool, keys and embedded stores.")
+    )
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where received instances are written."""
+        return self.data_dir / "spool"
+
+    @property
+    def keys_dir(self) -> Path:
+        """Where the embedded issuer's and the audit signing keys live."""
+        return self.data_dir / "keys"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """Relational store."""
+
+    url: str = field(
+        default="",
+        metadata=_doc(
+            "SQLAlchemy URL: sqlite:///... (embedded) or postgresql+psycopg://... (scale-out). "
+            "Empty: sqlite:///<data_dir>/gateway.db."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AssemblySettings:
+    """When a study is complete."""
+
+    stable_seconds: float = field(
+        default=10.0, metadata=_doc("Seconds of quiet after the last instance before a study is stable.")
+    )
+    per_modality: Mapping[str, float] = field(
+        default_factory=lambda: types.MappingProxyType({"CT": 60.0, "MR": 60.0}),
+        metadata=_doc("Per-modality quiet periods in seconds, e.g. {CT = 60}; others use stable_seconds."),
+    )
+    poll_seconds: float = field(
+        default=0.5, metadata=_doc("How often due studies are looked for, in seconds.")
+    )
+
+    def quiet_period(self, modality: str) -> float:
+        """The quiet period for a modality, in seconds."""
+        return float(self.per_modality.get(modality.upper(), self.stable_seconds))
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewSettings:
+    """Review thresholds and deadlines."""
+
+    threshold: float = field(
+        default=0.8, metadata=_doc("Score at or above which a review Task is created.")
+    )
+    secondary_threshold: float = field(
+        default=0.95,
+        metadata=_doc("Score at or above which a rejected flag goes to a secondary reviewer."),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WorklistSettings:
+    """Worklist priority write-back."""
+
+    hl7_host: str = field(default="", metadata=_doc("RIS MLLP host; empty: no HL7 delivery."))
+    hl7_port: int = field(default=0, metadata=_doc("RIS MLLP port."))
+    sending_application: str = field(default="HITLGW", metadata=_doc("MSH-3 of messages sent."))
+    receiving_application: str = field(default="RIS", metadata=_doc("MSH-5 of messages sent."))
+    ack_timeout_seconds: float = field(
+        default=10.0, metadata=_doc("Seconds to wait for the connection and for the ACK.")
+    )
+    max_attempts: int = field(
+        default=20, metadata=_doc("Delivery attempts before a message is dead-lettered.")
+    )
+    backoff_seconds: float = field(
+        default=1.0, metadata=_doc("First retry delay in seconds; doubles per attempt.")
+    )
+    max_backoff_seconds: float = field(
+        default=300.0, metadata=_doc("Upper bound of the retry delay in seconds.")
+    )
+    poll_seconds: float = field(
+        default=0.5, metadata=_doc("How often the outbox is looked at, in seconds.")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MlflowSettings:
+    """Model registry."""
+
+    tracking_uri: str = field(
+        default="",
+        metadata=_doc(
+            "MLflow tracking/registry URI; empty: the embedded SQLite store "
+            "sqlite:///<data_dir>/mlflow/mlflow.db."
+        ),
+    )
+    model_name: str = field(
+        default="cxr-pneumothorax",
+        metadata=_doc("Registered model served for chest X-ray triage (alias 'production')."),
+    )
+    alias: str = field(default="production", metadata=_doc("Registry alias that is served."))
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringSettings:
+    """Inference."""
+
+    timeout_seconds: float = field(
+        default=30.0, metadata=_doc("Per-study scoring timeout; past it the study gets standard triage.")
+    )
+    workers: int = field(default=1, metadata=_doc("Inference worker threads."))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Bearer token validation."""
+
+    issuer: str = field(
+        default="",
+        metadata=_doc("Expected token issuer; empty: the embedded development issuer <fhir base>/auth."),
+    )
+    jwks_path: str = field(
+        default="",
+        metadata=_doc("JWKS file of the issuer; empty: the embedded issuer's key under data_dir/keys."),
+    )
+    leeway_seconds: int = field(default=30, metadata=_doc("Clock leeway for exp/nbf, in seconds."))
+    token_lifetime_seconds: int = field(
+        default=3600, metadata=_doc("Lifetime of development tokens minted by `hitl-gateway token`.")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """All settings of one gateway process."""
+
+    dicom: DicomSettings = field(default_factory=DicomSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    assembly: AssemblySettings = field(default_factory=AssemblySettings)
+    review: ReviewSettings = field(default_factory=ReviewSettings)
+    worklist: WorklistSettings = field(default_factory=WorklistSettings)
+    mlflow: MlflowSettings = field(default_factory=MlflowSettings)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+
+    @property
+    def database_url(self) -> str:
+        """The effective SQLAlchemy URL."""
+        return self.database.url or f"sqlite:///{self.storage.data_dir.resolve()}/gateway.db"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """The effective MLflow tracking URI."""
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{(self.storage.data_dir / 'mlflow').resolve()}/mlflow.db"
+
+    @property
+    def auth_issuer(self) -> str:
+        """The effective token issuer."""
+        return self.auth.issuer or f"{self.http.fhir_base()}/auth"
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in {"1", "true", "yes", "on"}:
+                    return True
+                if value.lower() in {"0", "false", "no", "off"}:
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if hint in (int, float, str):
+            return hint(value)
+        if hint is Path:
+            return Path(value)
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if origin is Mapping or hint is Mapping:
+            if isinstance(value, str):
+                pairs = (p.split("=", 1) for p in value.split(",") if p.strip())
+                value = {k.strip(): v.strip() for k, v in pairs}
+            return types.MappingProxyType({str(k).upper(): float(v) for k, v in value.items()})
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{where}: cannot read {value!r} as {hint}") from exc
+    raise SettingsError(f"{where}: unsupported setting type {hint}")
+
+
+def _section(cls: type[Any], values: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise SettingsError(f"{where}: unknown setting(s) {sorted(unknown)}")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def load_settings(
+    config_file: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the TOML file (if any), then let `HITL_GATEWAY_<SECTION>__<KEY>` variables override it."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, dict[str, Any]] = {}
+    if config_file is not None:
+        with config_file.open("rb") as fh:
+            data = tomllib.load(fh)
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise SettingsError(f"{config_file}: [{section}] must be a table")
+            raw[section] = dict(values)
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX) :].partition("__")
+        raw.setdefault(section.lower(), {})[name.lower()] = value
+    hints = typing.get_type_hints(Settings)
+    sections = {f.name for f in dataclasses.fields(Settings)}
+    unknown = set(raw) - sections
+    if unknown:
+        raise SettingsError(f"unknown settings section(s) {sorted(unknown)}")
+    return Settings(**{name: _section(hints[name], vals, name) for name, vals in raw.items()})
+
+
+def describe_settings() -> list[tuple[str, str, str, str]]:
+    """(environment variable, type, default, meaning) for every setting, for the documentation."""
+    rows: list[tuple[str, str, str, str]] = []
+    hints = typing.get_type_hints(Settings)
+    for section in dataclasses.fields(Settings):
+        cls = hints[section.name]
+        sub_hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                default: Any = f.default
+            else:
+                default = f.default_factory()  # type: ignore[misc]
+            if isinstance(default, Mapping):
+                default = dict(default)
+            hint = sub_hints[f.name]
+            type_name = getattr(hint, "__name__", str(hint))
+            rows.append(
+                (
+                    f"{ENV_PREFIX}{section.name.upper()}__{f.name.upper()}",
+                    type_name,
+                    repr(default) if default not in ("", ()) else "(empty)",
+                    f.metadata.get("doc", ""),
+                )
+            )
+    return rows

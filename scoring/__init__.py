@@ -1,0 +1,12 @@
+"""Model governance and inference: registry, promotion gate, preprocessing, onnxruntime runner."""
+
+import os
+
+# Switched off before any onnxruntime or MLflow import, whoever imports scoring first.
+for _name, _value in (
+    ("ORT_DISABLE_TELEMETRY", "1"),
+    ("MLFLOW_DISABLE_TELEMETRY", "true"),
+    ("DO_NOT_TRACK", "true"),
+    ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+):
+    os.environ[_name] = _value
