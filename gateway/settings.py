@@ -301,6 +301,16 @@ def load_settings(
     return Settings(**{name: _section(hints[name], vals, name) for name, vals in raw.items()})
 
 
+def _format_default(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={v:g}" for k, v in value.items())
+    if isinstance(value, tuple):
+        return ",".join(value) or "(empty)"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value) if value != "" else "(empty)"
+
+
 def describe_settings() -> list[tuple[str, str, str, str]]:
     """(environment variable, type, default, meaning) for every setting, for the documentation."""
     rows: list[tuple[str, str, str, str]] = []
@@ -313,16 +323,24 @@ def describe_settings() -> list[tuple[str, str, str, str]]:
                 default: Any = f.default
             else:
                 default = f.default_factory()  # type: ignore[misc]
-            if isinstance(default, Mapping):
-                default = dict(default)
             hint = sub_hints[f.name]
-            type_name = getattr(hint, "__name__", str(hint))
+            type_name = {"tuple": "list", "Mapping": "table", "Path": "path"}.get(
+                getattr(hint, "__name__", str(hint)), getattr(hint, "__name__", str(hint))
+            )
             rows.append(
                 (
                     f"{ENV_PREFIX}{section.name.upper()}__{f.name.upper()}",
                     type_name,
-                    repr(default) if default not in ("", ()) else "(empty)",
+                    _format_default(default),
                     f.metadata.get("doc", ""),
                 )
             )
     return rows
+
+
+def configuration_table_markdown() -> str:
+    """The settings reference table as it stands in docs/configuration.md."""
+    lines = ["| variable | type | default | meaning |", "|---|---|---|---|"]
+    for env, type_name, default, doc in describe_settings():
+        lines.append(f"| `{env}` | {type_name} | `{default}` | {doc} |")
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""Composition root: the only place where concrete peers are wired to the core."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from contextlib import AsyncExitStack
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import Engine, text
+
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def worker_identity() -> str:
+    """A name for this replica's leases: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _readiness(engine: Engine, scorer: Any, dispatcher_alive: Any) -> dict[str, Any]:
+    checks: dict[str, Any] = {}
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # readiness reports any database failure; it never raises
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    model = scorer.describe()
+    checks["model"] = model
+    degraded = model.get("status") != "ok"
+    ready = checks["database"] == "ok"
+    checks["status"] = "degraded" if ready and degraded else ("ready" if ready else "not-ready")
+    checks["worklist_dispatcher"] = "running" if dispatcher_alive() else "stopped"
+    return checks
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the DIMSE and HTTP listeners and the pipeline workers until stopped."""
+    from adapters.worklist.mllp import MllpWorklistUpdater
+    from gateway.assembly import StudyAssembler
+    from gateway.auth.tokens import TokenValidator
+    from gateway.ingest import InstanceRecorder
+    from gateway.listeners.dimse import DimseListener
+    from gateway.listeners.http import build_http_app
+    from gateway.outbox import OutboxDispatcher
+    from gateway.persistence.db import make_engine
+    from gateway.persistence.migrate import current_revision
+    from gateway.review_service import ReviewService
+    from gateway.scoring_step import ScoringStep
+    from gateway.spool import Spool
+    from scoring.registry import ModelRegistry
+    from scoring.runner import OnnxStudyScorer
+
+    stop = stop or asyncio.Event()
+    engine = make_engine(settings.database_url)
+    if current_revision(engine) is None:
+        raise SystemExit("the database is not migrated: run `hitl-gateway db upgrade` first")
+    worker = worker_identity()
+    settings.storage.spool_dir.mkdir(parents=True, exist_ok=True)
+
+    recorder = InstanceRecorder(engine, Spool(settings.storage.spool_dir, None), settings)
+    registry = ModelRegistry(settings.mlflow_tracking_uri)
+    scorer = OnnxStudyScorer(registry, settings.mlflow.model_name, settings.mlflow.alias)
+    assembler = StudyAssembler(engine, worker, lease_seconds=settings.scoring.timeout_seconds * 4)
+    review = ReviewService(engine, settings)
+    step = ScoringStep(
+        engine=engine,
+        settings=settings,
+        assembler=assembler,
+        scorer=scorer,
+        write_review_task=review.create_review_task,
+    )
+    updaters: dict[str, Any] = {}
+    if settings.worklist.hl7_host:
+        updaters["hl7"] = MllpWorklistUpdater(
+            settings.worklist.hl7_host,
+            settings.worklist.hl7_port,
+            timeout=settings.worklist.ack_timeout_seconds,
+        )
+    dispatcher = OutboxDispatcher(engine, updaters, settings.worklist, worker)
+
+    workers: list[asyncio.Task[None]] = []
+    app = build_http_app(
+        settings,
+        engine,
+        review,
+        TokenValidator(settings),
+        lambda: _readiness(engine, scorer, lambda: any(not w.done() for w in workers)),
+    )
+    dimse = DimseListener(settings, recorder)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+
+    async with AsyncExitStack() as stack:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, settings.http.host, settings.http.port)
+        await site.start()
+        dimse.start()
+        stack.callback(dimse.stop)
+        stack.callback(step.close)
+        workers.append(asyncio.create_task(step.run_forever(stop), name="scoring"))
+        workers.append(asyncio.create_task(dispatcher.run_forever(stop), name="outbox"))
+        log.info(
+            "hitl-gateway ready: DICOM %s@%s:%d, HTTP %s:%d, database %s",
+            settings.dicom.ae_title,
+            settings.dicom.host,
+            settings.dicom.port,
+            settings.http.host,
+            settings.http.port,
+            engine.url.render_as_string(hide_password=True),
+        )
+        print("READY", flush=True)  # readiness line for supervisors and tests
+        await stop.wait()
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    engine.dispose()

@@ -1,0 +1,191 @@
+"""Study stable → scored (or standard triage) → review Task: the scoring step of the pipeline.
+
+Inference runs in a bounded worker pool off the event loop with a per-study timeout; whatever
+goes wrong with the model, the study keeps standard triage and the fallback is recorded. Ingest
+never waits on this step: it only reads studies the assembler has claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine, insert, select
+
+from gateway.assembly import StudyAssembler
+from gateway.audit.trail import record_event
+from gateway.domain.errors import GatewayError
+from gateway.domain.model import Actor, ScoreResult, StudyContext, StudyState, Thresholds
+from gateway.domain.triage import proposed_priority
+from gateway.persistence.tables import instances, scores
+from gateway.pipeline import Event, PipelineEvent
+from gateway.ports import ModelOutput, StudyScorer
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GATEWAY_ACTOR = Actor(reference="Device/hitl-gateway", display="hitl-gateway")
+
+ReviewTaskWriter = Callable[[Connection, StudyContext, ScoreResult], object]
+
+
+class ScoringStep:
+    """Scores every study the assembler claims and records the outcome in one transaction."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        settings: Settings,
+        assembler: StudyAssembler,
+        scorer: StudyScorer,
+        write_review_task: ReviewTaskWriter,
+        use_case: str = "cxr-pneumothorax",
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._assembler = assembler
+        self._scorer = scorer
+        self._write_review_task = write_review_task
+        self._use_case = use_case
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, settings.scoring.workers), thread_name_prefix="inference"
+        )
+        self.fallbacks = 0
+        self.scored = 0
+
+    def close(self) -> None:
+        """Stop the worker pool."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """Thresholds in force now."""
+        review = self._settings.review
+        return Thresholds(review=review.threshold, secondary_review=review.secondary_threshold)
+
+    async def run_once(self, now: datetime | None = None) -> int:
+        """Claim the studies that became stable and score each; returns how many were handled."""
+        claimed = await asyncio.to_thread(
+            self._assembler.claim_due, now or datetime.now(UTC)
+        )
+        for study in claimed:
+            await self._score(study)
+        return len(claimed)
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Poll for stable studies until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:
+                # The loop must outlive a database hiccup; the claimed study's lease expires and
+                # another pass (or replica) takes it over, so nothing is lost.
+                log.exception("scoring pass failed; retrying after the poll interval")
+            try:
+                await asyncio.wait_for(stop.wait(), self._settings.assembly.poll_seconds)
+            except TimeoutError:
+                pass
+
+    async def _score(self, study: StudyContext) -> None:
+        loop = asyncio.get_running_loop()
+        output: ModelOutput | None = None
+        reason = ""
+        try:
+            output = await asyncio.wait_for(
+                loop.run_in_executor(self._pool, self._scorer.score, study.instance_paths),
+                timeout=self._settings.scoring.timeout_seconds,
+            )
+        except TimeoutError:
+            reason = f"model timed out after {self._settings.scoring.timeout_seconds:g} s"
+        except GatewayError as exc:
+            reason = exc.message
+        except Exception as exc:
+            # The scorer promises only ModelUnavailable; anything else is still a model failure
+            # for the patient's study, which must keep standard triage.
+            log.exception("scorer raised an unexpected error")
+            reason = f"model error: {type(exc).__name__}"
+        await asyncio.to_thread(self._record, study, output, reason)
+
+    def _record(self, study: StudyContext, output: ModelOutput | None, reason: str) -> None:
+        now = datetime.now(UTC)
+        with self._engine.begin() as conn:
+            input_hash = output.input_hash if output else _study_input_hash(conn, study)
+            result = ScoreResult(
+                study_instance_uid=study.study_instance_uid,
+                thresholds=self.thresholds,
+                input_hash=input_hash,
+                score=output.score if output else None,
+                model=output.model if output else None,
+                fallback_reason=reason,
+                label=output.label if output else "",
+            )
+            if not self._assembler.mark_done(
+                conn,
+                study.study_instance_uid,
+                StudyState.STANDARD_TRIAGE if result.is_fallback else StudyState.SCORED,
+            ):
+                # A late instance re-opened the study (or the lease was lost): the newer pass
+                # scores it with every instance, so this result is not recorded.
+                return
+            conn.execute(
+                insert(scores).values(
+                    study_instance_uid=study.study_instance_uid,
+                    use_case=self._use_case,
+                    outcome="standard-triage" if result.is_fallback else "scored",
+                    score=result.score,
+                    label=result.label,
+                    model_name=result.model.name if result.model else None,
+                    model_version=result.model.version if result.model else None,
+                    model_sha256=result.model.sha256 if result.model else None,
+                    thresholds=json.dumps(result.thresholds.as_dict(), sort_keys=True),
+                    input_hash=result.input_hash,
+                    fallback_reason=result.fallback_reason,
+                    created_at=now,
+                )
+            )
+            record_event(
+                conn,
+                PipelineEvent(
+                    kind=Event.STANDARD_TRIAGE if result.is_fallback else Event.STUDY_SCORED,
+                    actor=GATEWAY_ACTOR,
+                    occurred_at=now,
+                    outcome="4" if result.is_fallback else "0",
+                    outcome_desc=result.fallback_reason,
+                    study_instance_uid=study.study_instance_uid,
+                    patient_id=study.patient_id,
+                    encounter_id=study.encounter_id,
+                    model=result.model,
+                    input_hash=result.input_hash,
+                    thresholds=result.thresholds,
+                    detail={
+                        "score": "" if result.score is None else f"{result.score:.6f}",
+                        "use-case": self._use_case,
+                        "proposed-priority": proposed_priority(result).value,
+                    },
+                ),
+            )
+            if result.needs_review:
+                self._write_review_task(conn, study, result)
+        if result.is_fallback:
+            self.fallbacks += 1
+            log.warning(
+                "study %s keeps standard triage: %s", study.study_instance_uid, reason
+            )
+        else:
+            self.scored += 1
+
+
+def _study_input_hash(conn: Connection, study: StudyContext) -> str:
+    """Without a model tensor, the input is identified by the hashes of the instances received."""
+    rows = conn.execute(
+        select(instances.c.sha256)
+        .where(instances.c.study_instance_uid == study.study_instance_uid)
+        .order_by(instances.c.sha256)
+    ).scalars()
+    return hashlib.sha256("".join(rows).encode("ascii")).hexdigest()
