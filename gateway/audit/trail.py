@@ -1,0 +1,184 @@
+"""Append-only, hash-chained audit trail of AuditEvent and Provenance resources.
+
+Chain definition (what `gateway.audit.verify` recomputes):
+
+- Records are numbered `seq` = 1, 2, 3, ... without gaps, in commit order.
+- `text_n` is the stored resource: `fhir_mapping.canonical.canonical_json` of the resource after
+  `id`, `meta.versionId` and `meta.lastUpdated` are stamped (keys sorted, separators `,` and `:`,
+  no other white space, non-ASCII kept as UTF-8).
+- `prev_hash_1` is `GENESIS_HASH` (64 zeros); `prev_hash_n` = `hash_{n-1}`.
+- `hash_n = lower-case hex SHA-256 of the UTF-8 bytes of (prev_hash_n + text_n)`, the two strings
+  simply concatenated (the previous hash is always 64 hex characters, so the split is unambiguous).
+- `audit_head` holds the last `seq` and `hash`, so a truncated tail is detected too.
+
+Appending starts with `UPDATE audit_head SET seq = seq + 1 ... RETURNING seq, hash`: the row lock
+(PostgreSQL) or the database write lock (SQLite) serialises appenders until commit, so the chain
+has no forks. Appends run in the caller's transaction: a state change and its audit record commit
+together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from fhir_mapping import r4
+from fhir_mapping.audit_event import audit_event_for
+from fhir_mapping.canonical import canonical_json, sha256_hex
+from gateway.persistence.tables import audit_head, audit_log
+from gateway.pipeline import PipelineEvent
+
+GENESIS_HASH = "0" * 64
+HEAD_ID = 1
+AUDITED_TYPES = frozenset({"AuditEvent", "Provenance"})
+
+
+class AuditTrailError(RuntimeError):
+    """The trail cannot accept a record (missing head, unsupported resource)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppendedRecord:
+    """Where a resource landed in the chain."""
+
+    seq: int
+    hash: str
+    resource_type: str = ""
+    resource_id: str = ""
+
+    @property
+    def reference(self) -> str:
+        """Literal reference to the stored resource, e.g. `Provenance/<id>`."""
+        return f"{self.resource_type}/{self.resource_id}"
+
+
+def chain_hash(prev_hash: str, text: str) -> str:
+    """The hash of one record: SHA-256 over the previous hash followed by the record's text."""
+    return sha256_hex(prev_hash + text)
+
+
+def ensure_head(conn: Connection) -> None:
+    """Create the chain head (seq 0, genesis hash) unless it exists; refuse if records exist."""
+    if conn.execute(select(audit_head.c.id).where(audit_head.c.id == HEAD_ID)).first():
+        return
+    if conn.execute(select(func.count()).select_from(audit_log)).scalar_one():
+        # A lost head over existing records means tampering; recreating it would hide a truncation.
+        raise AuditTrailError("audit_head is missing while audit_log has records")
+    values = {"id": HEAD_ID, "seq": 0, "hash": GENESIS_HASH}
+    if conn.dialect.name == "postgresql":
+        conn.execute(postgresql.insert(audit_head).values(values).on_conflict_do_nothing())
+    elif conn.dialect.name == "sqlite":
+        conn.execute(sqlite.insert(audit_head).values(values).on_conflict_do_nothing())
+    else:
+        conn.execute(insert(audit_head).values(values))
+
+
+def append(
+    conn: Connection, resource_type: str, resource: dict[str, Any], patient_id: str = ""
+) -> AppendedRecord:
+    """Validate, stamp and chain one resource into the audit log (in the caller's transaction)."""
+    if resource_type not in AUDITED_TYPES:
+        raise AuditTrailError(
+            f"the audit trail keeps AuditEvent and Provenance, not {resource_type}"
+        )
+    if resource.get("resourceType") != resource_type:
+        raise AuditTrailError(f"resourceType {resource.get('resourceType')!r} != {resource_type}")
+    head = conn.execute(
+        update(audit_head)
+        .where(audit_head.c.id == HEAD_ID)
+        .values(seq=audit_head.c.seq + 1)
+        .returning(audit_head.c.seq, audit_head.c.hash)
+    ).one_or_none()
+    if head is None:
+        raise AuditTrailError("audit_head is missing: run the migration or ensure_head()")
+    seq, prev_hash = int(head.seq), str(head.hash)
+    now = datetime.now(UTC)
+    document = dict(resource)
+    document.setdefault("id", str(uuid.uuid4()))
+    document["meta"] = {
+        **document.get("meta", {}),
+        "versionId": "1",
+        "lastUpdated": now.isoformat(),
+    }
+    document = r4.validated(document)
+    text = canonical_json(document)
+    digest = chain_hash(prev_hash, text)
+    conn.execute(
+        insert(audit_log).values(
+            seq=seq,
+            resource_type=resource_type,
+            resource_id=document["id"],
+            recorded=recorded_of(document),
+            patient_id=patient_id,
+            resource=text,
+            prev_hash=prev_hash,
+            hash=digest,
+        )
+    )
+    conn.execute(update(audit_head).where(audit_head.c.id == HEAD_ID).values(hash=digest))
+    return AppendedRecord(seq, digest, resource_type, document["id"])
+
+
+def record_event(
+    conn: Connection, event: PipelineEvent, observer: str = "hitl-gateway"
+) -> AppendedRecord:
+    """Append the AuditEvent for one pipeline event."""
+    resource = audit_event_for(event, record_id=str(uuid.uuid4()), observer=observer)
+    return append(conn, "AuditEvent", resource, event.patient_id)
+
+
+def append_provenance(
+    conn: Connection, provenance: dict[str, Any], patient_id: str = ""
+) -> AppendedRecord:
+    """Append a Provenance resource built elsewhere."""
+    return append(conn, "Provenance", provenance, patient_id)
+
+
+def read(conn: Connection, resource_type: str, id: str) -> dict[str, Any] | None:
+    """The stored resource by type and id (FHIR `read`), or None."""
+    text = conn.execute(
+        select(audit_log.c.resource).where(
+            audit_log.c.resource_type == resource_type, audit_log.c.resource_id == id
+        )
+    ).scalar_one_or_none()
+    return None if text is None else _loads(text)
+
+
+def search(
+    conn: Connection,
+    resource_type: str,
+    *,
+    patient: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Stored resources of a type, oldest first, filtered by patient id and `recorded >= since`."""
+    query = select(audit_log.c.resource).where(audit_log.c.resource_type == resource_type)
+    if patient is not None:
+        query = query.where(audit_log.c.patient_id == patient)
+    if since is not None:
+        if since.tzinfo is None:
+            raise ValueError("since must carry a time zone")
+        # SQLite keeps timestamps without zone, so compare in the UTC they were stored in.
+        query = query.where(audit_log.c.recorded >= since.astimezone(UTC))
+    rows = conn.execute(query.order_by(audit_log.c.seq).limit(limit)).scalars()
+    return [_loads(text) for text in rows]
+
+
+def recorded_of(document: dict[str, Any]) -> datetime:
+    """`recorded` of an AuditEvent or Provenance as an aware UTC datetime."""
+    value = datetime.fromisoformat(str(document["recorded"]))
+    if value.tzinfo is None:
+        raise AuditTrailError("recorded must be an instant with a time zone")
+    return value.astimezone(UTC)
+
+
+def _loads(text: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(text)
+    return document

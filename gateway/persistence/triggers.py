@@ -1,0 +1,102 @@
+"""Database triggers that make the audit trail append-only.
+
+`audit_log` refuses UPDATE and DELETE (and TRUNCATE on PostgreSQL). `audit_head` refuses DELETE
+(and TRUNCATE) and any UPDATE that moves `seq` other than forward by one, so the head cannot be
+rewound to hide a truncated tail. Someone with owner or superuser rights can still drop the
+triggers; the hash chain (`gateway.audit.verify`) detects what they change afterwards.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+_REFUSED = "audit trail is append-only"
+
+SQLITE_INSTALL: tuple[str, ...] = (
+    f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, '{_REFUSED}: UPDATE on audit_log refused'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, '{_REFUSED}: DELETE on audit_log refused'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_head_no_delete BEFORE DELETE ON audit_head
+BEGIN SELECT RAISE(ABORT, '{_REFUSED}: DELETE on audit_head refused'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_head_forward_only BEFORE UPDATE ON audit_head
+WHEN NEW.id <> OLD.id OR NEW.seq < OLD.seq OR NEW.seq > OLD.seq + 1
+BEGIN SELECT RAISE(ABORT, '{_REFUSED}: audit_head may only advance by one'); END""",
+)
+
+SQLITE_DROP: tuple[str, ...] = (
+    "DROP TRIGGER IF EXISTS audit_log_no_update",
+    "DROP TRIGGER IF EXISTS audit_log_no_delete",
+    "DROP TRIGGER IF EXISTS audit_head_no_delete",
+    "DROP TRIGGER IF EXISTS audit_head_forward_only",
+)
+
+# The messages are built with || rather than RAISE's % placeholders, so the DDL passes through
+# DB-API drivers that treat % as a parameter marker.
+POSTGRESQL_INSTALL: tuple[str, ...] = (
+    f"""CREATE OR REPLACE FUNCTION audit_refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    RAISE EXCEPTION USING
+        MESSAGE = '{_REFUSED}: ' || TG_OP || ' on ' || TG_TABLE_NAME || ' refused',
+        ERRCODE = 'insufficient_privilege';
+END
+$fn$""",
+    f"""CREATE OR REPLACE FUNCTION audit_head_forward_only() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF NEW.id <> OLD.id OR NEW.seq < OLD.seq OR NEW.seq > OLD.seq + 1 THEN
+        RAISE EXCEPTION USING
+            MESSAGE = '{_REFUSED}: audit_head may only advance by one',
+            ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$fn$""",
+    "DROP TRIGGER IF EXISTS audit_log_no_change ON audit_log",
+    """CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
+FOR EACH ROW EXECUTE FUNCTION audit_refuse_change()""",
+    "DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log",
+    """CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change()""",
+    "DROP TRIGGER IF EXISTS audit_head_no_delete ON audit_head",
+    """CREATE TRIGGER audit_head_no_delete BEFORE DELETE ON audit_head
+FOR EACH ROW EXECUTE FUNCTION audit_refuse_change()""",
+    "DROP TRIGGER IF EXISTS audit_head_no_truncate ON audit_head",
+    """CREATE TRIGGER audit_head_no_truncate BEFORE TRUNCATE ON audit_head
+FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change()""",
+    "DROP TRIGGER IF EXISTS audit_head_forward_only ON audit_head",
+    """CREATE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head
+FOR EACH ROW EXECUTE FUNCTION audit_head_forward_only()""",
+)
+
+POSTGRESQL_DROP: tuple[str, ...] = (
+    "DROP TRIGGER IF EXISTS audit_log_no_change ON audit_log",
+    "DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log",
+    "DROP TRIGGER IF EXISTS audit_head_no_delete ON audit_head",
+    "DROP TRIGGER IF EXISTS audit_head_no_truncate ON audit_head",
+    "DROP TRIGGER IF EXISTS audit_head_forward_only ON audit_head",
+    "DROP FUNCTION IF EXISTS audit_head_forward_only()",
+    "DROP FUNCTION IF EXISTS audit_refuse_change()",
+)
+
+
+def _statements(conn: Connection, sqlite: tuple[str, ...], pg: tuple[str, ...]) -> tuple[str, ...]:
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        return sqlite
+    if dialect == "postgresql":
+        return pg
+    raise NotImplementedError(f"no append-only triggers for the {dialect} dialect")
+
+
+def install_append_only_triggers(conn: Connection) -> None:
+    """Create the triggers that refuse changes to audit_log and audit_head (idempotent)."""
+    for statement in _statements(conn, SQLITE_INSTALL, POSTGRESQL_INSTALL):
+        conn.exec_driver_sql(statement)
+
+
+def drop_append_only_triggers(conn: Connection) -> None:
+    """Remove those triggers (migration downgrade; tamper tests acting as a superuser)."""
+    for statement in _statements(conn, SQLITE_DROP, POSTGRESQL_DROP):
+        conn.exec_driver_sql(statement)
