@@ -71,6 +71,5 @@ def test_configuration_reference_is_in_step_with_the_code() -> None:
     match = re.search(r"<!-- settings:begin -->\n(.*?)\n<!-- settings:end -->", text, re.S)
     assert match, "docs/configuration.md lacks the generated settings table"
     assert match.group(1) == configuration_table_markdown(), (
-        "docs/configuration.md is out of date: regenerate it with "
-        "`python -m gateway.settings_doc > docs/configuration.md`-style tooling (see the file)"
+        "docs/configuration.md is out of date: run `python -m gateway.settings_doc`"
     )
