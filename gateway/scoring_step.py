@@ -165,7 +165,7 @@ class ScoringStep:
                     thresholds=result.thresholds,
                     detail={
                         "score": "" if result.score is None else f"{result.score:.6f}",
-                        "use-case": self._use_case,
+                        "use-case": self._use_case if result.model is None else "",
                         "proposed-priority": proposed_priority(result).value,
                     },
                 ),
