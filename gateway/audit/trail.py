@@ -89,39 +89,46 @@ def append(
         )
     if resource.get("resourceType") != resource_type:
         raise AuditTrailError(f"resourceType {resource.get('resourceType')!r} != {resource_type}")
-    head = conn.execute(
-        update(audit_head)
-        .where(audit_head.c.id == HEAD_ID)
-        .values(seq=audit_head.c.seq + 1)
-        .returning(audit_head.c.seq, audit_head.c.hash)
-    ).one_or_none()
-    if head is None:
-        raise AuditTrailError("audit_head is missing: run the migration or ensure_head()")
-    seq, prev_hash = int(head.seq), str(head.hash)
-    now = datetime.now(UTC)
+    if resource_type == "AuditEvent":
+        # The patient column is an index the verifier re-derives; it must agree with the resource.
+        named = audit_event_patient(resource)
+        if patient_id and patient_id != named:
+            raise AuditTrailError(f"patient {patient_id!r} is not the AuditEvent's patient entity")
+        patient_id = named
     document = dict(resource)
     document.setdefault("id", str(uuid.uuid4()))
-    document["meta"] = {
-        **document.get("meta", {}),
-        "versionId": "1",
-        "lastUpdated": now.isoformat(),
-    }
-    document = r4.validated(document)
-    text = canonical_json(document)
-    digest = chain_hash(prev_hash, text)
-    conn.execute(
-        insert(audit_log).values(
-            seq=seq,
-            resource_type=resource_type,
-            resource_id=document["id"],
-            recorded=recorded_of(document),
-            patient_id=patient_id,
-            resource=text,
-            prev_hash=prev_hash,
-            hash=digest,
+    document["meta"] = {**document.get("meta", {}), "versionId": "1", "lastUpdated": _instant()}
+    document = r4.validated(document)  # before the lock: an invalid resource never holds it
+    recorded = recorded_of(document)
+    # The savepoint undoes the head's advance if the insert fails, so a caller that catches the
+    # error and commits its own work cannot leave a gap in the chain.
+    with conn.begin_nested():
+        head = conn.execute(
+            update(audit_head)
+            .where(audit_head.c.id == HEAD_ID)
+            .values(seq=audit_head.c.seq + 1)
+            .returning(audit_head.c.seq, audit_head.c.hash)
+        ).one_or_none()
+        if head is None:
+            raise AuditTrailError("audit_head is missing: run the migration or ensure_head()")
+        seq, prev_hash = int(head.seq), str(head.hash)
+        # Stamped again under the lock so lastUpdated follows seq order.
+        document["meta"]["lastUpdated"] = _instant()
+        text = canonical_json(document)
+        digest = chain_hash(prev_hash, text)
+        conn.execute(
+            insert(audit_log).values(
+                seq=seq,
+                resource_type=resource_type,
+                resource_id=document["id"],
+                recorded=recorded,
+                patient_id=patient_id,
+                resource=text,
+                prev_hash=prev_hash,
+                hash=digest,
+            )
         )
-    )
-    conn.execute(update(audit_head).where(audit_head.c.id == HEAD_ID).values(hash=digest))
+        conn.execute(update(audit_head).where(audit_head.c.id == HEAD_ID).values(hash=digest))
     return AppendedRecord(seq, digest, resource_type, document["id"])
 
 
@@ -177,6 +184,20 @@ def recorded_of(document: dict[str, Any]) -> datetime:
     if value.tzinfo is None:
         raise AuditTrailError("recorded must be an instant with a time zone")
     return value.astimezone(UTC)
+
+
+def audit_event_patient(audit_event: dict[str, Any]) -> str:
+    """The id of the AuditEvent's patient entity (object-role 1, `Patient/<id>`), or ""."""
+    for entity in audit_event.get("entity", ()):
+        reference = str(entity.get("what", {}).get("reference", ""))
+        if entity.get("role", {}).get("code") == "1" and reference.startswith("Patient/"):
+            return reference.removeprefix("Patient/")
+    return ""
+
+
+def _instant() -> str:
+    # The form the R4 models emit for an instant, so stored and re-validated JSON agree.
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _loads(text: str) -> dict[str, Any]:
