@@ -1,0 +1,439 @@
+"""Transactional outbox for worklist write-back: enqueue in the caller's transaction, deliver later.
+
+A row is written with the state change that caused it, so a priority change is never lost nor
+sent for a change that rolled back. Dispatchers on any number of replicas claim due rows with
+one `UPDATE … RETURNING` (exact on SQLite and PostgreSQL), deliver them through the configured
+`WorklistUpdater`, and settle each with bounded exponential backoff, a dead-letter state and an
+audit record per attempt. Delivery is at least once; the HL7 control id stays the same across
+retries so the RIS can recognise a repeat.
+
+Order: a row is only eligible while no earlier row for the same destination and study is still
+pending, so a later priority change never overtakes an earlier one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, exists, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+
+from gateway.audit.trail import record_event
+from gateway.domain.errors import DeliveryFailed, DeliveryRefused, IllegalTransition, NotFound
+from gateway.domain.model import Actor
+from gateway.persistence.tables import outbox, studies
+from gateway.pipeline import Event, PipelineEvent
+from gateway.ports import WorklistMessage, WorklistUpdater
+from gateway.settings import WorklistSettings
+
+log = logging.getLogger(__name__)
+
+PENDING = "pending"
+DELIVERED = "delivered"
+DEAD = "dead"
+GATEWAY_ACTOR = Actor(reference="Device/hitl-gateway", display="hitl-gateway")
+# A retry waits 80-100 % of its backoff, so replicas and peers do not retry in lock-step.
+JITTER_FRACTION = 0.2
+LEASE_MARGIN_SECONDS = 30.0
+_SYSTEM_RANDOM = random.SystemRandom()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One outbox row as operators see it."""
+
+    id: int
+    destination: str
+    idempotency_key: str
+    study_instance_uid: str
+    kind: str
+    payload: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("outbox times must be timezone-aware")
+    return value.astimezone(UTC)
+
+
+def _read_utc(value: datetime) -> datetime:
+    # SQLite keeps the UTC wall time without an offset.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def backoff_delay(attempts: int, settings: WorklistSettings, rand: Callable[[], float]) -> float:
+    """Seconds to wait after `attempts` earlier failures: min(cap, base·2^n), jittered down."""
+    base = min(settings.max_backoff_seconds, settings.backoff_seconds * 2.0 ** min(attempts, 62))
+    return base * (1.0 - JITTER_FRACTION * rand())
+
+
+def enqueue(
+    conn: Connection,
+    *,
+    destination: str,
+    idempotency_key: str,
+    study_uid: str,
+    kind: str,
+    payload: str,
+    actor: Actor,
+    patient_id: str,
+    now: datetime | None = None,
+    encounter_id: str = "",
+    request_id: str = "",
+) -> int | None:
+    """Queue a message in the caller's transaction; the new row id, or None for a known key."""
+    at = _utc(now or datetime.now(UTC))
+    values = {
+        "destination": destination,
+        "idempotency_key": idempotency_key,
+        "study_instance_uid": study_uid,
+        "kind": kind,
+        "payload": payload,
+        "state": PENDING,
+        "attempts": 0,
+        "next_attempt_at": at,
+        "last_error": "",
+        "created_at": at,
+    }
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = (
+        dialect.insert(outbox)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["destination", "idempotency_key"])
+        .returning(outbox.c.id)
+    )
+    new_id = conn.execute(stmt).scalar_one_or_none()
+    if new_id is None:
+        return None
+    record_event(
+        conn,
+        PipelineEvent(
+            kind=Event.WORKLIST_QUEUED,
+            actor=actor,
+            occurred_at=at,
+            study_instance_uid=study_uid,
+            patient_id=patient_id,
+            encounter_id=encounter_id,
+            request_id=request_id,
+            detail=_detail(int(new_id), destination, idempotency_key, kind=kind),
+        ),
+    )
+    return int(new_id)
+
+
+def _patient_of(conn: Connection, study_uid: str) -> str:
+    # The outbox row does not repeat the patient; the study row is where the gateway keeps it.
+    query = select(studies.c.patient_id).where(studies.c.study_instance_uid == study_uid)
+    return str(conn.execute(query).scalar_one_or_none() or "")
+
+
+def _detail(outbox_id: int, destination: str, key: str, **more: str) -> dict[str, str]:
+    return {
+        "outbox-id": str(outbox_id),
+        "destination": destination,
+        "idempotency-key": key,
+        **more,
+    }
+
+
+class OutboxDispatcher:
+    """Claims due outbox rows, delivers them, and records each outcome."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        updaters: Mapping[str, WorklistUpdater],
+        settings: WorklistSettings,
+        worker_id: str,
+        *,
+        batch_size: int = 10,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rand: Callable[[], float] = _SYSTEM_RANDOM.random,
+    ) -> None:
+        self._engine = engine
+        self._updaters = dict(updaters)
+        self._settings = settings
+        self._worker_id = worker_id
+        self._batch_size = batch_size
+        self._clock = clock
+        self._rand = rand
+        # A claim must outlive the slowest batch (connect + ACK timeouts per row), or another
+        # replica would take the rows over while they are still being delivered.
+        self._lease = timedelta(
+            seconds=batch_size * 2 * settings.ack_timeout_seconds + LEASE_MARGIN_SECONDS
+        )
+
+    async def run_once(self, now: datetime | None = None) -> int:
+        """Claim the rows due at `now`, deliver them, settle each; the number of rows handled."""
+        if not self._updaters:
+            return 0
+        at = _utc(now or self._clock())
+        claimed = await asyncio.to_thread(self._claim, at)
+        by_destination: dict[str, list[Row[Any]]] = {}
+        for row in claimed:
+            by_destination.setdefault(row.destination, []).append(row)
+        async with asyncio.TaskGroup() as group:
+            for rows in by_destination.values():
+                group.create_task(self._deliver_in_order(rows, at))
+        return len(claimed)
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Run passes every `poll_seconds` until `stop` is set; a full batch is followed at once."""
+        while not stop.is_set():
+            handled = 0
+            try:
+                handled = await self.run_once()
+            except OperationalError:
+                # The database is unreachable; rows stay pending or leased and are picked up later.
+                log.exception("outbox pass failed; retrying in %g s", self._settings.poll_seconds)
+            if handled >= self._batch_size:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._settings.poll_seconds)
+
+    def _claim(self, now: datetime) -> list[Row[Any]]:
+        candidate = outbox.alias("candidate")
+        earlier = outbox.alias("earlier")
+        earlier_pending = (
+            exists()
+            .where(
+                earlier.c.destination == candidate.c.destination,
+                earlier.c.study_instance_uid == candidate.c.study_instance_uid,
+                earlier.c.state == PENDING,
+                earlier.c.id < candidate.c.id,
+            )
+            .correlate(candidate)
+        )
+        due = (
+            select(candidate.c.id)
+            .where(
+                candidate.c.state == PENDING,
+                candidate.c.next_attempt_at <= now,
+                or_(candidate.c.lease_until.is_(None), candidate.c.lease_until < now),
+                candidate.c.destination.in_(sorted(self._updaters)),
+                ~earlier_pending,
+            )
+            .order_by(candidate.c.id)
+            .limit(self._batch_size)
+        )
+        # The lease test is repeated on the updated row itself: PostgreSQL re-evaluates these
+        # conditions on the newest row version after a concurrent claim commits, so two
+        # dispatchers racing for the same row cannot both win it.
+        stmt = (
+            update(outbox)
+            .where(
+                outbox.c.id.in_(due),
+                outbox.c.state == PENDING,
+                or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
+            )
+            .values(lease_owner=self._worker_id, lease_until=now + self._lease)
+            .returning(
+                outbox.c.id,
+                outbox.c.destination,
+                outbox.c.idempotency_key,
+                outbox.c.study_instance_uid,
+                outbox.c.kind,
+                outbox.c.payload,
+                outbox.c.attempts,
+            )
+        )
+        with self._engine.begin() as conn:
+            rows = list(conn.execute(stmt))
+        return sorted(rows, key=lambda r: int(r.id))
+
+    async def _deliver_in_order(self, rows: list[Row[Any]], now: datetime) -> None:
+        for row in rows:
+            await self._deliver(row, now)
+
+    async def _deliver(self, row: Row[Any], now: datetime) -> None:
+        message = WorklistMessage(
+            outbox_id=int(row.id),
+            idempotency_key=row.idempotency_key,
+            destination=row.destination,
+            kind=row.kind,
+            payload=row.payload,
+        )
+        updater = self._updaters[row.destination]
+        try:
+            ack_id = await updater.deliver(message)
+        except DeliveryRefused as exc:
+            await asyncio.to_thread(self._settle_failure, row, now, exc.message, refused=True)
+        except DeliveryFailed as exc:
+            await asyncio.to_thread(self._settle_failure, row, now, exc.message, refused=False)
+        except Exception as exc:
+            # An updater broke its contract; the row still gets bounded retries and an audit
+            # record instead of a stuck lease and a dead dispatcher.
+            log.exception("worklist updater %r raised %s", row.destination, type(exc).__name__)
+            await asyncio.to_thread(self._settle_failure, row, now, repr(exc), refused=False)
+        else:
+            await asyncio.to_thread(self._settle_success, row, now, ack_id)
+
+    def _settle_success(self, row: Row[Any], now: datetime, ack_id: str) -> None:
+        at = max(now, _utc(self._clock()))
+        with self._engine.begin() as conn:
+            if not self._settle(conn, row, state=DELIVERED, delivered_at=at, last_error=""):
+                return
+            self._audit(
+                conn, row, Event.WORKLIST_DELIVERED, at, "0", "", {"acknowledgement-id": ack_id}
+            )
+
+    def _settle_failure(self, row: Row[Any], now: datetime, error: str, *, refused: bool) -> None:
+        at = max(now, _utc(self._clock()))
+        attempts = int(row.attempts) + 1
+        dead = refused or attempts >= self._settings.max_attempts
+        next_at = at + timedelta(
+            seconds=backoff_delay(int(row.attempts), self._settings, self._rand)
+        )
+        with self._engine.begin() as conn:
+            settled = self._settle(
+                conn,
+                row,
+                state=DEAD if dead else PENDING,
+                attempts=attempts,
+                next_attempt_at=next_at,
+                last_error=error,
+            )
+            if not settled:
+                return
+            more = {"attempt": str(attempts), "error": error}
+            self._audit(conn, row, Event.WORKLIST_ATTEMPTED, at, "4", error, more)
+            if dead:
+                why = "refused by the peer" if refused else f"{attempts} attempts failed"
+                more["dead-letter-reason"] = why
+                self._audit(conn, row, Event.WORKLIST_DEAD_LETTERED, at, "8", why, more)
+
+    def _settle(self, conn: Connection, row: Row[Any], **values: Any) -> bool:
+        result = conn.execute(
+            update(outbox)
+            .where(
+                outbox.c.id == row.id,
+                outbox.c.lease_owner == self._worker_id,
+                outbox.c.state == PENDING,
+            )
+            .values(lease_owner=None, lease_until=None, **values)
+        )
+        if result.rowcount != 1:
+            # The lease ran out and another dispatcher took the row over; its outcome counts.
+            log.warning("outbox row %s was taken over before it could be settled", row.id)
+            return False
+        return True
+
+    def _audit(
+        self,
+        conn: Connection,
+        row: Row[Any],
+        kind: Event,
+        at: datetime,
+        outcome: str,
+        outcome_desc: str,
+        more: Mapping[str, str],
+    ) -> None:
+        record_event(
+            conn,
+            PipelineEvent(
+                kind=kind,
+                actor=GATEWAY_ACTOR,
+                occurred_at=at,
+                outcome=outcome,
+                outcome_desc=outcome_desc,
+                study_instance_uid=row.study_instance_uid,
+                patient_id=_patient_of(conn, row.study_instance_uid),
+                detail=_detail(int(row.id), row.destination, row.idempotency_key, **more),
+            ),
+        )
+
+
+def replay(
+    engine: Engine,
+    outbox_id: int,
+    *,
+    actor: Actor = GATEWAY_ACTOR,
+    now: datetime | None = None,
+    force: bool = False,
+) -> None:
+    """Put a dead row back to pending; refused if a newer change for that study was queued."""
+    at = _utc(now or datetime.now(UTC))
+    with engine.begin() as conn:
+        row = conn.execute(select(outbox).where(outbox.c.id == outbox_id)).one_or_none()
+        if row is None:
+            raise NotFound(f"outbox row {outbox_id} does not exist")
+        if row.state != DEAD:
+            raise IllegalTransition(f"outbox row {outbox_id} is {row.state}, not {DEAD}")
+        newer = conn.execute(
+            select(outbox.c.id).where(
+                outbox.c.destination == row.destination,
+                outbox.c.study_instance_uid == row.study_instance_uid,
+                outbox.c.id > row.id,
+                outbox.c.state != DEAD,
+            )
+        ).first()
+        if newer is not None and not force:
+            raise IllegalTransition(
+                f"outbox row {newer.id} is a newer change for the same study; replaying "
+                f"{outbox_id} would overwrite it (use force to replay anyway)"
+            )
+        conn.execute(
+            update(outbox)
+            .where(outbox.c.id == outbox_id, outbox.c.state == DEAD)
+            .values(
+                state=PENDING, attempts=0, next_attempt_at=at, lease_owner=None, lease_until=None
+            )
+        )
+        record_event(
+            conn,
+            PipelineEvent(
+                kind=Event.WORKLIST_QUEUED,
+                actor=actor,
+                occurred_at=at,
+                study_instance_uid=row.study_instance_uid,
+                patient_id=_patient_of(conn, row.study_instance_uid),
+                detail=_detail(
+                    outbox_id,
+                    row.destination,
+                    row.idempotency_key,
+                    replay="true",
+                    **{"previous-error": row.last_error},
+                ),
+            ),
+        )
+
+
+def list_rows(
+    engine: Engine, state: str | None = None, *, limit: int | None = None
+) -> list[OutboxRow]:
+    """Outbox rows in queue order, optionally only those in one state."""
+    query = select(outbox).order_by(outbox.c.id).limit(limit)
+    if state is not None:
+        query = query.where(outbox.c.state == state)
+    with engine.connect() as conn:
+        return [
+            OutboxRow(
+                id=int(r.id),
+                destination=r.destination,
+                idempotency_key=r.idempotency_key,
+                study_instance_uid=r.study_instance_uid,
+                kind=r.kind,
+                payload=r.payload,
+                state=r.state,
+                attempts=int(r.attempts),
+                next_attempt_at=_read_utc(r.next_attempt_at),
+                last_error=r.last_error,
+                created_at=_read_utc(r.created_at),
+                delivered_at=None if r.delivered_at is None else _read_utc(r.delivered_at),
+            )
+            for r in conn.execute(query)
+        ]
