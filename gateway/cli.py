@@ -170,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # Alembic announces every plugin at INFO; operators need only its warnings.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         settings = load_settings(args.config)
     except (SettingsError, OSError) as exc:

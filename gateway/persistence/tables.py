@@ -6,6 +6,9 @@ canonical JSON so that the bytes hashed are the bytes kept.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -19,6 +22,30 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on both databases (SQLite keeps no zone, so UTC is implied there)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        """Refuse naive values; store UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Always hand back an aware UTC datetime."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 metadata = MetaData(
     naming_convention={
@@ -47,7 +74,7 @@ instances = Table(
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("calling_ae", String(16), nullable=False, default=""),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
     UniqueConstraint("sop_instance_uid", "version"),
     Index("ix_instances_study", "study_instance_uid"),
 )
@@ -63,15 +90,15 @@ studies = Table(
     Column("modality", String(16), nullable=False, default=""),
     Column("state", String(32), nullable=False),
     Column("instance_count", Integer, nullable=False, default=0),
-    Column("first_received_at", DateTime(timezone=True), nullable=False),
-    Column("last_received_at", DateTime(timezone=True), nullable=False),
+    Column("first_received_at", UtcDateTime(), nullable=False),
+    Column("last_received_at", UtcDateTime(), nullable=False),
     # When the study becomes stable unless another instance arrives first.
-    Column("stable_due_at", DateTime(timezone=True), nullable=False),
+    Column("stable_due_at", UtcDateTime(), nullable=False),
     # Lease of the worker scoring the study; an expired lease is taken over by another replica.
     Column("lease_owner", String(64), nullable=True),
-    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("lease_until", UtcDateTime(), nullable=True),
     Column("score_generation", Integer, nullable=False, default=0),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
     Index("ix_studies_due", "state", "stable_due_at"),
 )
 
@@ -90,7 +117,7 @@ scores = Table(
     Column("thresholds", Text, nullable=False),  # JSON
     Column("input_hash", String(64), nullable=False),
     Column("fallback_reason", Text, nullable=False, default=""),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_scores_study", "study_instance_uid"),
 )
 
@@ -105,7 +132,7 @@ tasks = Table(
     Column("use_case", String(64), nullable=False),
     Column("patient_id", String(64), nullable=False, default=""),
     Column("owner", String(128), nullable=True),
-    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("last_updated", UtcDateTime(), nullable=False),
     Column("resource", Text, nullable=False),  # current version, canonical JSON
     Index("ix_tasks_status", "status"),
     Index("ix_tasks_study", "study_instance_uid", "use_case"),
@@ -116,7 +143,7 @@ task_history = Table(
     metadata,
     Column("task_id", String(64), primary_key=True),
     Column("version_id", Integer, primary_key=True),
-    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("last_updated", UtcDateTime(), nullable=False),
     Column("resource", Text, nullable=False),
 )
 
@@ -131,12 +158,12 @@ outbox = Table(
     Column("payload", Text, nullable=False),
     Column("state", String(16), nullable=False),  # pending | delivered | dead
     Column("attempts", Integer, nullable=False, default=0),
-    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
     Column("lease_owner", String(64), nullable=True),
-    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("lease_until", UtcDateTime(), nullable=True),
     Column("last_error", Text, nullable=False, default=""),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("delivered_at", UtcDateTime(), nullable=True),
     UniqueConstraint("destination", "idempotency_key"),
     Index("ix_outbox_due", "state", "next_attempt_at"),
 )
@@ -149,7 +176,7 @@ audit_log = Table(
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
     Column("resource_type", String(32), nullable=False),
     Column("resource_id", String(64), nullable=False),
-    Column("recorded", DateTime(timezone=True), nullable=False),
+    Column("recorded", UtcDateTime(), nullable=False),
     Column("patient_id", String(64), nullable=False, default=""),
     Column("resource", Text, nullable=False),  # canonical JSON
     Column("prev_hash", String(64), nullable=False),
