@@ -319,10 +319,9 @@ def describe_settings() -> list[tuple[str, str, str, str]]:
         cls = hints[section.name]
         sub_hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                default: Any = f.default
-            else:
-                default = f.default_factory()  # type: ignore[misc]
+            default: Any = f.default
+            if default is dataclasses.MISSING and callable(f.default_factory):
+                default = f.default_factory()
             hint = sub_hints[f.name]
             type_name = {"tuple": "list", "Mapping": "table", "Path": "path"}.get(
                 getattr(hint, "__name__", str(hint)), getattr(hint, "__name__", str(hint))
