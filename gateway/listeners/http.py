@@ -62,7 +62,7 @@ REVIEW = web.AppKey("review_service", ReviewService)
 VALIDATOR = web.AppKey("token_validator", TokenValidator)
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 REPOSITORY = web.AppKey("task_repository", TaskRepository)
-REQUEST_ID = "request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def fhir_response(
@@ -154,7 +154,7 @@ def _audit_auth_failure(app: web.Application, request: web.Request, error: Gatew
         outcome="4",
         # The diagnostics never contain the token: they come from our own messages.
         outcome_desc=error.message,
-        request_id=str(request.get(REQUEST_ID, "")),
+        request_id=request.get(REQUEST_ID, ""),
         detail={"reason": reason, "method": request.method, "path": request.path},
     )
     with app[ENGINE].begin() as conn:
@@ -333,7 +333,7 @@ async def update_task(request: web.Request) -> web.Response:
         body,
         request.headers.get("If-Match"),
         principal,
-        str(request.get(REQUEST_ID, "")),
+        request.get(REQUEST_ID, ""),
     )
     return fhir_response(stored, headers=_version_headers(stored))
 

@@ -76,7 +76,8 @@ def test_search_and_open_task_lookup(engine: Engine) -> None:
         assert len(repo.search(conn, statuses=["requested", "cancelled"])) == 2
         assert len(repo.search(conn, count=1)) == 1
         found = repo.find_open_for_study(conn, STUDY_UID, MODEL.use_case)
-        assert found is not None and found["id"] == "t2"
+        assert found is not None
+        assert found["id"] == "t2"
         assert repo.find_open_for_study(conn, STUDY_UID, "other-use-case") is None
 
 

@@ -60,7 +60,8 @@ def test_inputs_carry_score_model_and_thresholds() -> None:
     assert facts.model == MODEL
     assert facts.model_device_ref == "Device/cxr-pneumothorax-3"
     assert facts.input_hash == "cd" * 32
-    assert facts.thresholds is not None and facts.thresholds.review == 0.8
+    assert facts.thresholds is not None
+    assert facts.thresholds.review == 0.8
     assert (facts.patient_id, facts.encounter_id, facts.study_instance_uid) == (
         "pat-1",
         "enc-1",
