@@ -1,0 +1,382 @@
+"""Instance stored: spool the received file durably, then record it in one transaction.
+
+The sender hears success only after both the spooled bytes and the database commit are durable
+(PS3.4 B.2.3: success means the SCP has taken responsibility for the instance). A study gets a new
+quiet deadline with every instance; a late instance re-opens a study that was already scored.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from sqlalchemy import Connection, Engine, RowMapping, case, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gateway.audit.trail import record_event
+from gateway.domain.errors import InvalidInput
+from gateway.domain.model import Actor, StoredInstance, StudyState
+from gateway.persistence.tables import instances, studies
+from gateway.pipeline import Event, PipelineEvent
+from gateway.settings import Settings
+from gateway.spool import Spool, SpoolCollisionError, SpooledFile
+
+# A new version number is tried this many times when the file name is taken by another writer.
+MAX_VERSION_ATTEMPTS = 20
+# Study attributes taken from the first instance that carries them.
+_FIRST_VALUE_WINS = ("patient_id", "patient_name", "accession_number", "encounter_id", "modality")
+_SAFE_ID = re.compile(r"[^A-Za-z0-9.-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedHeader:
+    """The attributes of a received data set that ingest and assembly need."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str = ""
+    patient_id: str = ""
+    patient_name: str = ""
+    accession_number: str = ""
+    encounter_id: str = ""  # AdmissionID (0038,0010)
+    body_part_examined: str = ""
+
+
+class Disposition(enum.StrEnum):
+    """What became of a received instance."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same SOP Instance UID, identical bytes: nothing new recorded
+    NEW_VERSION = "new-version"  # same SOP Instance UID, different bytes: kept as a new version
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """The result of recording one instance."""
+
+    disposition: Disposition
+    instance: StoredInstance
+    version: int
+
+    @property
+    def is_warning(self) -> bool:
+        """True when the sender should hear a warning rather than plain success."""
+        return self.disposition is Disposition.NEW_VERSION
+
+
+def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()[:limit]
+
+
+def parse_header(path: Path) -> ParsedHeader:
+    """Read the header of a DICOM Part 10 file; raises InvalidInput when it cannot be understood."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+        # pydicom decodes values on access, so every value is read inside this guard.
+        uids = {k: _text(ds, k, 200) for k in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID")}
+        header = ParsedHeader(
+            sop_instance_uid=uids["SOPInstanceUID"],
+            sop_class_uid=uids["SOPClassUID"],
+            study_instance_uid=uids["StudyInstanceUID"],
+            series_instance_uid=_text(ds, "SeriesInstanceUID", 64),
+            transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")).strip(),
+            modality=_text(ds, "Modality", 16).upper(),
+            patient_id=_text(ds, "PatientID", 64),
+            patient_name=_text(ds, "PatientName", 200),
+            accession_number=_text(ds, "AccessionNumber", 64),
+            encounter_id=_text(ds, "AdmissionID", 64),
+            body_part_examined=_text(ds, "BodyPartExamined", 64),
+        )
+    except OSError:
+        raise
+    except Exception as exc:
+        # Any decoding failure of untrusted bytes means the data set cannot be understood.
+        raise InvalidInput(f"cannot parse data set: {type(exc).__name__}") from exc
+    for keyword, value in uids.items():
+        if not value:
+            raise InvalidInput(f"{keyword} is missing")
+        if len(value) > 64:
+            raise InvalidInput(f"{keyword} is longer than 64 characters")
+    if not header.transfer_syntax_uid:
+        raise InvalidInput("file meta has no TransferSyntaxUID")
+    return header
+
+
+def sender_actor(calling_ae: str, peer_address: str = "") -> Actor:
+    """The audit actor for a DICOM peer, named by its calling AE title."""
+    ident = _SAFE_ID.sub("-", calling_ae.strip()).strip("-") or "unknown"
+    return Actor(
+        reference=f"Device/dicom-ae-{ident}"[:72],
+        display=calling_ae.strip(),
+        network_address=peer_address,
+    )
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class InstanceRecorder:
+    """Records received instances: durable spool first, then one database transaction."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        spool: Spool,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._engine = engine
+        self._spool = spool
+        self._settings = settings
+        self._clock = clock
+
+    def record(
+        self, path: Path, header: ParsedHeader, calling_ae: str, *, peer_address: str = ""
+    ) -> IngestOutcome:
+        """Spool and record one received instance (the file at `path` is copied, not moved)."""
+        version, spooled = self._spool_next_version(path, header)
+        outcome = self._commit(spooled, version, header, calling_ae, peer_address)
+        if outcome.disposition is Disposition.DUPLICATE:
+            # The identical bytes are already recorded under another version; the copy is
+            # removed only after the commit, so a failed commit never loses a referenced file.
+            self._spool.discard(spooled.path)
+        return outcome
+
+    def record_refusal(
+        self,
+        calling_ae: str,
+        reason: str,
+        *,
+        peer_address: str = "",
+        detail: Mapping[str, str] | None = None,
+    ) -> None:
+        """Audit a refused association or a failed C-STORE (PS3.15 A.5.3.5 with a failure)."""
+        with self._engine.begin() as conn:
+            record_event(
+                conn,
+                PipelineEvent(
+                    kind=Event.INSTANCE_REFUSED,
+                    actor=sender_actor(calling_ae, peer_address),
+                    occurred_at=self._clock(),
+                    outcome="4",
+                    outcome_desc=reason,
+                    detail={"calling-ae": calling_ae.strip(), **(detail or {})},
+                ),
+            )
+
+    def _spool_next_version(self, path: Path, header: ParsedHeader) -> tuple[int, SpooledFile]:
+        with self._engine.connect() as conn:
+            latest = conn.execute(
+                select(instances.c.version)
+                .where(instances.c.sop_instance_uid == header.sop_instance_uid)
+                .order_by(instances.c.version.desc())
+                .limit(1)
+            ).scalar()
+        version = (latest or 0) + 1
+        for _ in range(MAX_VERSION_ATTEMPTS):
+            try:
+                spooled = self._spool.store_file(
+                    path, header.study_instance_uid, header.sop_instance_uid, version
+                )
+            except SpoolCollisionError:
+                # Another writer (or an orphan of a crash) holds this version's name.
+                version += 1
+                continue
+            return version, spooled
+        raise SpoolCollisionError(f"no free version for {header.sop_instance_uid}")
+
+    def _commit(
+        self,
+        spooled: SpooledFile,
+        version: int,
+        header: ParsedHeader,
+        calling_ae: str,
+        peer_address: str,
+    ) -> IngestOutcome:
+        now = self._clock()
+        with self._engine.begin() as conn:
+            earlier = (
+                conn.execute(
+                    select(instances).where(instances.c.sop_instance_uid == header.sop_instance_uid)
+                )
+                .mappings()
+                .all()
+            )
+            same = next((r for r in earlier if r["sha256"] == spooled.sha256), None)
+            if same is not None:
+                outcome = IngestOutcome(
+                    Disposition.DUPLICATE, _stored(same, header), same["version"]
+                )
+                previous_state = ""
+            else:
+                disposition = Disposition.NEW_VERSION if earlier else Disposition.STORED
+                stored = StoredInstance(
+                    sop_instance_uid=header.sop_instance_uid,
+                    sop_class_uid=header.sop_class_uid,
+                    study_instance_uid=header.study_instance_uid,
+                    series_instance_uid=header.series_instance_uid,
+                    transfer_syntax_uid=header.transfer_syntax_uid,
+                    path=str(spooled.path),
+                    size=spooled.size,
+                    sha256=spooled.sha256,
+                    modality=header.modality,
+                    patient_id=header.patient_id,
+                    patient_name=header.patient_name,
+                    accession_number=header.accession_number,
+                    calling_ae=calling_ae.strip()[:16],
+                    received_at=now,
+                )
+                conn.execute(insert(instances).values(**_row(stored, version)))
+                new_in_study = not any(
+                    r["study_instance_uid"] == header.study_instance_uid for r in earlier
+                )
+                previous_state = self._upsert_study(conn, header, now, new_in_study)
+                outcome = IngestOutcome(disposition, stored, version)
+            event = self._stored_event(
+                outcome, header, now, sender_actor(calling_ae, peer_address), previous_state
+            )
+            record_event(conn, event)
+        return outcome
+
+    def _upsert_study(
+        self, conn: Connection, header: ParsedHeader, now: datetime, new_in_study: bool
+    ) -> str:
+        existing = conn.execute(
+            select(studies.c.state, studies.c.modality).where(
+                studies.c.study_instance_uid == header.study_instance_uid
+            )
+        ).first()
+        quiet = self._settings.assembly.quiet_period(header.modality)
+        if existing is not None and existing.modality:
+            # A study of mixed modalities waits as long as its slowest modality asks for.
+            quiet = max(quiet, self._settings.assembly.quiet_period(existing.modality))
+        due = now + timedelta(seconds=quiet)
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(studies).values(
+            study_instance_uid=header.study_instance_uid,
+            patient_id=header.patient_id,
+            patient_name=header.patient_name,
+            accession_number=header.accession_number,
+            encounter_id=header.encounter_id,
+            modality=header.modality,
+            state=StudyState.RECEIVING.value,
+            instance_count=1,
+            first_received_at=now,
+            last_received_at=now,
+            stable_due_at=due,
+            lease_owner=None,
+            lease_until=None,
+            score_generation=0,
+            updated_at=now,
+        )
+        excluded = stmt.excluded
+        keep_first = {
+            name: case((studies.c[name] == "", excluded[name]), else_=studies.c[name])
+            for name in (
+                "patient_id",
+                "patient_name",
+                "accession_number",
+                "encounter_id",
+                "modality",
+            )
+        }
+        # Any new instance (re-)opens the study: a scored study is scored again, and a study being
+        # scored loses its lease so the scoring step's result for the older content is discarded.
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[studies.c.study_instance_uid],
+            set_={
+                **keep_first,
+                "state": StudyState.RECEIVING.value,
+                "instance_count": studies.c.instance_count + (1 if new_in_study else 0),
+                "last_received_at": now,
+                "stable_due_at": due,
+                "lease_owner": None,
+                "lease_until": None,
+                "updated_at": now,
+            },
+        )
+        conn.execute(stmt)
+        return "" if existing is None else str(existing.state)
+
+    @staticmethod
+    def _stored_event(
+        outcome: IngestOutcome,
+        header: ParsedHeader,
+        now: datetime,
+        actor: Actor,
+        previous_state: str,
+    ) -> PipelineEvent:
+        inst = outcome.instance
+        detail = {
+            "sop-instance-uid": inst.sop_instance_uid,
+            "sop-class-uid": inst.sop_class_uid,
+            "calling-ae": actor.display,
+            "version": str(outcome.version),
+            "sha256": inst.sha256,
+            "disposition": outcome.disposition.value,
+        }
+        if previous_state and previous_state != StudyState.RECEIVING.value:
+            detail["reopened-from"] = previous_state
+        return PipelineEvent(
+            kind=Event.INSTANCE_STORED,
+            actor=actor,
+            occurred_at=now,
+            outcome="4" if outcome.is_warning else "0",
+            outcome_desc=(
+                "SOP Instance received again with different content; kept as a new version"
+                if outcome.is_warning
+                else ""
+            ),
+            study_instance_uid=header.study_instance_uid,
+            patient_id=header.patient_id,
+            encounter_id=header.encounter_id,
+            detail=detail,
+        )
+
+
+def _row(stored: StoredInstance, version: int) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": stored.sop_instance_uid,
+        "version": version,
+        "sop_class_uid": stored.sop_class_uid,
+        "study_instance_uid": stored.study_instance_uid,
+        "series_instance_uid": stored.series_instance_uid,
+        "transfer_syntax_uid": stored.transfer_syntax_uid,
+        "modality": stored.modality,
+        "path": stored.path,
+        "size": stored.size,
+        "sha256": stored.sha256,
+        "calling_ae": stored.calling_ae,
+        "received_at": stored.received_at,
+    }
+
+
+def _stored(row: RowMapping, header: ParsedHeader) -> StoredInstance:
+    return StoredInstance(
+        sop_instance_uid=row["sop_instance_uid"],
+        sop_class_uid=row["sop_class_uid"],
+        study_instance_uid=row["study_instance_uid"],
+        series_instance_uid=row["series_instance_uid"],
+        transfer_syntax_uid=row["transfer_syntax_uid"],
+        path=row["path"],
+        size=row["size"],
+        sha256=row["sha256"],
+        modality=row["modality"],
+        patient_id=header.patient_id,
+        patient_name=header.patient_name,
+        accession_number=header.accession_number,
+        calling_ae=row["calling_ae"],
+        received_at=row["received_at"],
+    )

@@ -1,0 +1,1 @@
+"""Protocol edges: each translates the domain error tree into its own statuses once."""

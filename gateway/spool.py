@@ -1,0 +1,189 @@
+"""Durable spool of received instances: `<root>/<StudyInstanceUID>/<SOPInstanceUID>.<version>.dcm`.
+
+A file is written to a temporary name in its final directory, fsynced, linked to its final name
+(which never replaces an existing file) and the directory is fsynced, so a name that exists
+always holds complete, durable bytes. A crash between the spool and the database commit leaves an
+orphan file that no row refers to; it is harmless and its version number is simply skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+from gateway.domain.errors import GatewayError, OutOfResources
+
+CHUNK_BYTES = 1024 * 1024
+# Free space kept on the volume so the database and logs beside the spool can still write.
+MIN_FREE_BYTES = 64 * 1024 * 1024
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class SpooledFile(NamedTuple):
+    """Where an instance was spooled, its size in bytes and the SHA-256 of its bytes."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+class SpoolCollisionError(GatewayError):
+    """The file name for this version already exists; the caller picks the next version."""
+
+    code = "conflict"
+
+
+def _component(uid: str) -> str:
+    # UIDs are digits and dots (PS3.5 9.1); anything else must not reach the file system as a
+    # path, so a non-conformant UID is named by its hash instead.
+    if _UID.match(uid) and len(uid) <= 64:
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _spool_usage(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+class Spool:
+    """Writes instances durably under `root`; refuses writes past `quota_bytes` or a full disk."""
+
+    def __init__(
+        self, root: Path, quota_bytes: int | None = None, *, min_free_bytes: int = MIN_FREE_BYTES
+    ) -> None:
+        self.root = root
+        self.quota_bytes = quota_bytes
+        self.min_free_bytes = min_free_bytes
+        self._lock = threading.Lock()
+        self._used: int | None = None  # bytes under root, measured on first use
+        self._reserved = 0  # bytes of writes in progress
+
+    def path_for(self, study_uid: str, sop_uid: str, version: int) -> Path:
+        """The final path of one version of an instance."""
+        return self.root / _component(study_uid) / f"{_component(sop_uid)}.{int(version)}.dcm"
+
+    def store_file(
+        self, source: Path | bytes | BinaryIO, study_uid: str, sop_uid: str, version: int
+    ) -> SpooledFile:
+        """Copy `source` durably to its spool path; raises OutOfResources or SpoolCollisionError."""
+        final = self.path_for(study_uid, sop_uid, version)
+        if final.exists():
+            raise SpoolCollisionError(f"{final.name} already exists")
+        expected = len(source) if isinstance(source, bytes) else 0
+        if isinstance(source, Path):
+            expected = source.stat().st_size
+        self.root.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(self.root).free < expected + self.min_free_bytes:
+            raise OutOfResources("spool volume is nearly full")
+        self._reserve(expected)
+        reservation = [expected]
+        try:
+            spooled = self._write(source, final, reservation)
+        except OSError as exc:
+            self._settle(reservation[0], 0)
+            if exc.errno in _FULL:
+                raise OutOfResources("spool volume is full") from exc
+            raise
+        except BaseException:
+            self._settle(reservation[0], 0)
+            raise
+        self._settle(reservation[0], spooled.size)
+        return spooled
+
+    def discard(self, path: Path) -> None:
+        """Remove a spooled file that no database row refers to."""
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
+        self._settle(0, -size)
+
+    def _reserve(self, nbytes: int) -> None:
+        if self.quota_bytes is None:
+            return
+        with self._lock:
+            if self._used is None:
+                self._used = _spool_usage(self.root)
+            # Reserved before writing so concurrent associations cannot overshoot together.
+            if self._used + self._reserved + nbytes > self.quota_bytes:
+                raise OutOfResources("spool quota exceeded")
+            self._reserved += nbytes
+
+    def _settle(self, reserved: int, stored: int) -> None:
+        if self.quota_bytes is None:
+            return
+        with self._lock:
+            self._reserved -= reserved
+            if self._used is not None:
+                self._used += stored
+
+    def _write(
+        self, source: Path | bytes | BinaryIO, final: Path, reservation: list[int]
+    ) -> SpooledFile:
+        directory = final.parent
+        if not directory.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(directory.parent)
+        tmp = directory / f".{final.name}.{secrets.token_hex(6)}.tmp"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with tmp.open("xb") as out:
+                for chunk in _chunks(source):
+                    size += len(chunk)
+                    if size > reservation[0]:
+                        # A stream of unknown length grows its reservation as it is written.
+                        self._reserve(size - reservation[0])
+                        reservation[0] = size
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                # link() never replaces an existing name, unlike rename(): two writers of the
+                # same version cannot overwrite each other's bytes.
+                os.link(tmp, final)
+            except FileExistsError as exc:
+                raise SpoolCollisionError(f"{final.name} already exists") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(directory)
+        return SpooledFile(final, size, digest.hexdigest())
+
+
+def _chunks(source: Path | bytes | BinaryIO) -> Iterator[bytes]:
+    if isinstance(source, bytes):
+        for start in range(0, len(source), CHUNK_BYTES):
+            yield source[start : start + CHUNK_BYTES]
+        return
+    if isinstance(source, Path):
+        with source.open("rb") as fh:
+            yield from iter(lambda: fh.read(CHUNK_BYTES), b"")
+        return
+    yield from iter(lambda: source.read(CHUNK_BYTES), b"")
