@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import secrets
 
+from pydicom.uid import UID
 from pynetdicom import AE
-from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
+
+# DX Image Storage - For Presentation (PS3.4 B.5)
+DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
 
 
 def send_demo_studies(
@@ -15,7 +18,7 @@ def send_demo_studies(
     from scoring.phantoms import make_cxr_dataset
 
     ae = AE(ae_title="HITLDEMO")
-    ae.add_requested_context(DigitalXRayImageStorageForPresentation)
+    ae.add_requested_context(DX_FOR_PRESENTATION)
     lines: list[str] = []
     assoc = ae.associate(host, port, ae_title=called_ae)
     if not assoc.is_established:

@@ -1,4 +1,4 @@
-"""The whole data flow in one table: event → where it comes from, what happens next, how it is audited.
+"""The whole data flow in one table: event → producer, next step, and how it is audited.
 
 Steps are driven by durable state (rows claimed with `UPDATE … RETURNING`), not by in-memory
 messages, so a restart loses nothing; this table is the map of those steps. Audit and metrics
@@ -51,34 +51,99 @@ REST = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 PIPELINE: dict[Event, Stage] = {
     s.event: s
     for s in (
-        Stage(Event.INSTANCE_STORED, "gateway.listeners.dimse", "assembly: push the study's quiet deadline",
-              (DCM, "110104", "DICOM Instances Transferred"), "C"),
-        Stage(Event.INSTANCE_REFUSED, "gateway.listeners.dimse", "none: the sender got a failure status",
-              (DCM, "110104", "DICOM Instances Transferred"), "C"),
-        Stage(Event.STUDY_STABLE, "gateway.assembly", "scoring: route and score the study",
-              (DCM, "110100", "Application Activity"), "E"),
-        Stage(Event.STUDY_SCORED, "gateway.scoring_step", "review: Task if the score reaches the threshold",
-              (DCM, "110100", "Application Activity"), "C"),
-        Stage(Event.STANDARD_TRIAGE, "gateway.scoring_step", "none: the study keeps standard triage",
-              (DCM, "110100", "Application Activity"), "C"),
-        Stage(Event.REVIEW_REQUESTED, "gateway.scoring_step", "reviewer: complete the Task",
-              (REST, "rest", "RESTful Operation"), "C"),
-        Stage(Event.REVIEW_REFUSED, "gateway.review_service", "none: the request changed nothing",
-              (REST, "rest", "RESTful Operation"), "U"),
-        Stage(Event.DECISION_RECORDED, "gateway.review_service", "worklist: queue the priority change",
-              (REST, "rest", "RESTful Operation"), "U"),
-        Stage(Event.WORKLIST_QUEUED, "gateway.review_service", "dispatcher: deliver until acknowledged",
-              (DCM, "110109", "Order Record"), "U"),
-        Stage(Event.WORKLIST_ATTEMPTED, "gateway.outbox", "dispatcher: retry with backoff",
-              (DCM, "110109", "Order Record"), "U"),
-        Stage(Event.WORKLIST_DELIVERED, "gateway.outbox", "none: the RIS acknowledged",
-              (DCM, "110109", "Order Record"), "U"),
-        Stage(Event.WORKLIST_DEAD_LETTERED, "gateway.outbox", "operator: inspect and replay",
-              (DCM, "110109", "Order Record"), "U"),
-        Stage(Event.AUTHENTICATION_FAILED, "gateway.listeners.http", "none: 401/403 answered",
-              (DCM, "110114", "User Authentication"), "E"),
+        Stage(
+            Event.INSTANCE_STORED,
+            "gateway.listeners.dimse",
+            "assembly: push the study's quiet deadline",
+            (DCM, "110104", "DICOM Instances Transferred"),
+            "C",
+        ),
+        Stage(
+            Event.INSTANCE_REFUSED,
+            "gateway.listeners.dimse",
+            "none: the sender got a failure status",
+            (DCM, "110104", "DICOM Instances Transferred"),
+            "C",
+        ),
+        Stage(
+            Event.STUDY_STABLE,
+            "gateway.assembly",
+            "scoring: route and score the study",
+            (DCM, "110100", "Application Activity"),
+            "E",
+        ),
+        Stage(
+            Event.STUDY_SCORED,
+            "gateway.scoring_step",
+            "review: Task if the score reaches the threshold",
+            (DCM, "110100", "Application Activity"),
+            "C",
+        ),
+        Stage(
+            Event.STANDARD_TRIAGE,
+            "gateway.scoring_step",
+            "none: the study keeps standard triage",
+            (DCM, "110100", "Application Activity"),
+            "C",
+        ),
+        Stage(
+            Event.REVIEW_REQUESTED,
+            "gateway.scoring_step",
+            "reviewer: complete the Task",
+            (REST, "rest", "RESTful Operation"),
+            "C",
+        ),
+        Stage(
+            Event.REVIEW_REFUSED,
+            "gateway.review_service",
+            "none: the request changed nothing",
+            (REST, "rest", "RESTful Operation"),
+            "U",
+        ),
+        Stage(
+            Event.DECISION_RECORDED,
+            "gateway.review_service",
+            "worklist: queue the priority change",
+            (REST, "rest", "RESTful Operation"),
+            "U",
+        ),
+        Stage(
+            Event.WORKLIST_QUEUED,
+            "gateway.review_service",
+            "dispatcher: deliver until acknowledged",
+            (DCM, "110109", "Order Record"),
+            "U",
+        ),
+        Stage(
+            Event.WORKLIST_ATTEMPTED,
+            "gateway.outbox",
+            "dispatcher: retry with backoff",
+            (DCM, "110109", "Order Record"),
+            "U",
+        ),
+        Stage(
+            Event.WORKLIST_DELIVERED,
+            "gateway.outbox",
+            "none: the RIS acknowledged",
+            (DCM, "110109", "Order Record"),
+            "U",
+        ),
+        Stage(
+            Event.WORKLIST_DEAD_LETTERED,
+            "gateway.outbox",
+            "operator: inspect and replay",
+            (DCM, "110109", "Order Record"),
+            "U",
+        ),
+        Stage(
+            Event.AUTHENTICATION_FAILED,
+            "gateway.listeners.http",
+            "none: 401/403 answered",
+            (DCM, "110114", "User Authentication"),
+            "E",
+        ),
     )
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True, slots=True)

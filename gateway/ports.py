@@ -1,4 +1,4 @@
-"""The interfaces the core depends on; the composition root (`gateway.app`) wires concrete peers in."""
+"""The interfaces the core depends on; the composition root (`gateway.app`) wires peers in."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class WorklistMessage:
 
 
 class WorklistUpdater(Protocol):
-    """Delivers a priority change; raises DeliveryFailed (retry) or DeliveryRefused (dead letter)."""
+    """Delivers a priority change; raises DeliveryFailed (retry) or DeliveryRefused (dead)."""
 
     async def deliver(self, message: WorklistMessage) -> str:
         """Send and wait for the acknowledgement; returns the peer's acknowledgement id."""

@@ -8,6 +8,7 @@ never waits on this step: it only reads studies the assembler has claimed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -71,9 +72,7 @@ class ScoringStep:
 
     async def run_once(self, now: datetime | None = None) -> int:
         """Claim the studies that became stable and score each; returns how many were handled."""
-        claimed = await asyncio.to_thread(
-            self._assembler.claim_due, now or datetime.now(UTC)
-        )
+        claimed = await asyncio.to_thread(self._assembler.claim_due, now or datetime.now(UTC))
         for study in claimed:
             await self._score(study)
         return len(claimed)
@@ -87,10 +86,8 @@ class ScoringStep:
                 # The loop must outlive a database hiccup; the claimed study's lease expires and
                 # another pass (or replica) takes it over, so nothing is lost.
                 log.exception("scoring pass failed; retrying after the poll interval")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._settings.assembly.poll_seconds)
-            except TimeoutError:
-                pass
 
     async def _score(self, study: StudyContext) -> None:
         loop = asyncio.get_running_loop()
@@ -174,9 +171,7 @@ class ScoringStep:
                 self._write_review_task(conn, study, result)
         if result.is_fallback:
             self.fallbacks += 1
-            log.warning(
-                "study %s keeps standard triage: %s", study.study_instance_uid, reason
-            )
+            log.warning("study %s keeps standard triage: %s", study.study_instance_uid, reason)
         else:
             self.scored += 1
 

@@ -1,4 +1,4 @@
-"""Typed, immutable settings loaded from one TOML file and `HITL_GATEWAY_<SECTION>__<KEY>` variables.
+"""Typed, immutable settings from one TOML file and `HITL_GATEWAY_<SECTION>__<KEY>` variables.
 
 Every field is documented where it is declared (meaning, unit, default); `docs/configuration.md`
 lists the same names and a test keeps the two in step.
@@ -105,11 +105,14 @@ class AssemblySettings:
     """When a study is complete."""
 
     stable_seconds: float = field(
-        default=10.0, metadata=_doc("Seconds of quiet after the last instance before a study is stable.")
+        default=10.0,
+        metadata=_doc("Seconds of quiet after the last instance before a study is stable."),
     )
     per_modality: Mapping[str, float] = field(
         default_factory=lambda: types.MappingProxyType({"CT": 60.0, "MR": 60.0}),
-        metadata=_doc("Per-modality quiet periods in seconds, e.g. {CT = 60}; others use stable_seconds."),
+        metadata=_doc(
+            "Per-modality quiet periods in seconds, e.g. {CT = 60}; others use stable_seconds."
+        ),
     )
     poll_seconds: float = field(
         default=0.5, metadata=_doc("How often due studies are looked for, in seconds.")
@@ -181,7 +184,8 @@ class ScoringSettings:
     """Inference."""
 
     timeout_seconds: float = field(
-        default=30.0, metadata=_doc("Per-study scoring timeout; past it the study gets standard triage.")
+        default=30.0,
+        metadata=_doc("Per-study scoring timeout; past it the study gets standard triage."),
     )
     workers: int = field(default=1, metadata=_doc("Inference worker threads."))
 
@@ -192,15 +196,20 @@ class AuthSettings:
 
     issuer: str = field(
         default="",
-        metadata=_doc("Expected token issuer; empty: the embedded development issuer <fhir base>/auth."),
+        metadata=_doc(
+            "Expected token issuer; empty: the embedded development issuer <fhir base>/auth."
+        ),
     )
     jwks_path: str = field(
         default="",
-        metadata=_doc("JWKS file of the issuer; empty: the embedded issuer's key under data_dir/keys."),
+        metadata=_doc(
+            "JWKS file of the issuer; empty: the embedded issuer's key under data_dir/keys."
+        ),
     )
     leeway_seconds: int = field(default=30, metadata=_doc("Clock leeway for exp/nbf, in seconds."))
     token_lifetime_seconds: int = field(
-        default=3600, metadata=_doc("Lifetime of development tokens minted by `hitl-gateway token`.")
+        default=3600,
+        metadata=_doc("Lifetime of development tokens minted by `hitl-gateway token`."),
     )
 
 
@@ -278,7 +287,7 @@ def _section(cls: type[Any], values: Mapping[str, Any], where: str) -> Any:
 def load_settings(
     config_file: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Read the TOML file (if any), then let `HITL_GATEWAY_<SECTION>__<KEY>` variables override it."""
+    """Read the TOML file (if any); `HITL_GATEWAY_<SECTION>__<KEY>` variables override it."""
     env = os.environ if environ is None else environ
     raw: dict[str, dict[str, Any]] = {}
     if config_file is not None:

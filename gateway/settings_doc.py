@@ -15,7 +15,9 @@ def main() -> int:
     """Rewrite the generated block between the settings markers."""
     text = DOC.read_text(encoding="utf-8")
     block = f"<!-- settings:begin -->\n{configuration_table_markdown()}\n<!-- settings:end -->"
-    new, count = re.subn(r"<!-- settings:begin -->.*?<!-- settings:end -->", block, text, flags=re.S)
+    new, count = re.subn(
+        r"<!-- settings:begin -->.*?<!-- settings:end -->", block, text, flags=re.S
+    )
     if count != 1:
         print("docs/configuration.md lacks the settings markers", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ class InvalidInput(GatewayError):
 
 
 class IncompleteAction(GatewayError):
-    """A business rule refuses the action: missing rationale, identity, patient or encounter (422)."""
+    """A business rule refuses the action: missing rationale, identity, patient or encounter."""
 
     code = "business-rule"
 

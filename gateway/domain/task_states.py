@@ -58,7 +58,7 @@ TRANSITIONS: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset(
 
 
 def check_transition(current: TaskStatus, requested: TaskStatus) -> None:
-    """Raise IllegalTransition unless the table allows `current → requested` (same state is a no-op)."""
+    """Raise IllegalTransition unless the table allows `current → requested` (same: no-op)."""
     if current is requested and current not in TERMINAL:
         return
     if (current, requested) not in TRANSITIONS:

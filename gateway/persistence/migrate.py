@@ -1,4 +1,4 @@
-"""Database migration (Alembic) driven from code, so the installed package carries its migrations."""
+"""Database migration (Alembic) driven from code; the installed package carries its migrations."""
 
 from __future__ import annotations
 

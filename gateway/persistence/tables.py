@@ -47,6 +47,7 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -62,7 +63,9 @@ UID = String(64)
 instances = Table(
     "instances",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("sop_instance_uid", UID, nullable=False),
     Column("version", Integer, nullable=False, default=1),
     Column("sop_class_uid", UID, nullable=False),
@@ -105,7 +108,9 @@ studies = Table(
 scores = Table(
     "scores",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("study_instance_uid", UID, nullable=False),
     Column("use_case", String(64), nullable=False),
     Column("outcome", String(32), nullable=False),  # "scored" | "standard-triage"
@@ -150,7 +155,9 @@ task_history = Table(
 outbox = Table(
     "outbox",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("destination", String(64), nullable=False),
     Column("idempotency_key", String(128), nullable=False),
     Column("study_instance_uid", UID, nullable=False),
@@ -173,7 +180,9 @@ outbox = Table(
 audit_log = Table(
     "audit_log",
     metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    ),
     Column("resource_type", String(32), nullable=False),
     Column("resource_id", String(64), nullable=False),
     Column("recorded", UtcDateTime(), nullable=False),

@@ -28,14 +28,16 @@ CS = "http://hitl-gateway.org/fhir/CodeSystem"
 
 
 @pytest.fixture(scope="session")
-def demo_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def demo_registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """One embedded MLflow store with the demo model promoted, shared by the tests."""
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root}/mlflow.db"
-    gw = GatewayProcess(root, f"sqlite:///{root}/unused.db", {"HITL_GATEWAY_MLFLOW__TRACKING_URI": uri})
+    gw = GatewayProcess(
+        root, f"sqlite:///{root}/unused.db", {"HITL_GATEWAY_MLFLOW__TRACKING_URI": uri}
+    )
     trace = root / "demo-setup.strace"
     gw.cli("demo", "setup", trace=trace)
-    yield uri, trace
+    return uri, trace
 
 
 @pytest.fixture
@@ -78,7 +80,11 @@ def _storescu(gw: GatewayProcess, path: Path) -> subprocess.CompletedProcess[str
 
 
 def _http(
-    method: str, url: str, token: str | None = None, body: Any = None, headers: dict[str, str] | None = None
+    method: str,
+    url: str,
+    token: str | None = None,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], Any]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)  # noqa: S310
@@ -208,7 +214,10 @@ def test_below_threshold_study_is_recorded_and_audited_without_a_task(
     gw.start()
     try:
         token = gw.cli("token", "--role", "reviewer", "--user", "Practitioner/dr-jones").strip()
-        assert _storescu(gw, _write_study(tmp_path / "neg.dcm", positive=False, seed=7)).returncode == 0
+        assert (
+            _storescu(gw, _write_study(tmp_path / "neg.dcm", positive=False, seed=7)).returncode
+            == 0
+        )
         scored = _wait_for(lambda: _scores(gw), 60, "the score row", gw)
         assert scored[0]["outcome"] == "scored"
         assert scored[0]["score"] < 0.8
@@ -229,11 +238,13 @@ def test_model_failure_falls_back_to_standard_triage(tmp_path: Path) -> None:
     )
     gw.start()
     try:
-        assert _storescu(gw, _write_study(tmp_path / "pos.dcm", positive=True, seed=9)).returncode == 0
+        assert (
+            _storescu(gw, _write_study(tmp_path / "pos.dcm", positive=True, seed=9)).returncode == 0
+        )
         rows = _wait_for(lambda: _scores(gw), 60, "the fallback row", gw)
         assert rows[0]["outcome"] == "standard-triage"
         assert rows[0]["fallback_reason"]
-        status, _, ready = _http("GET", f"{gw.base_url}/readyz")
+        _, _, ready = _http("GET", f"{gw.base_url}/readyz")
         assert ready["status"] == "degraded"
     finally:
         gw.stop()

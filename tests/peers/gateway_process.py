@@ -100,9 +100,10 @@ class GatewayProcess:
     def _gateway_pid(self) -> int:
         assert self.proc is not None
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        if Path(f"/proc/{self.proc.pid}/cmdline").read_bytes().split(b"\0")[0].endswith(
-            b"strace"
-        ) and children.exists():
+        if (
+            Path(f"/proc/{self.proc.pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"strace")
+            and children.exists()
+        ):
             pids = children.read_text().split()
             if pids:
                 return int(pids[0])

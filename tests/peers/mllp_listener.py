@@ -25,7 +25,7 @@ class MllpListener:
         self.messages: list[str] = []
         self._received = threading.Condition()
         self._loop = asyncio.new_event_loop()
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     async def _on_client(self, reader: Any, writer: Any) -> None:
@@ -48,10 +48,11 @@ class MllpListener:
     def start(self) -> MllpListener:
         """Listen on 127.0.0.1 and return once the port is bound."""
         self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
+        server: asyncio.Server = asyncio.run_coroutine_threadsafe(
             start_hl7_server(self._on_client, "127.0.0.1", self.port), self._loop
         ).result(timeout=10)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        self._server = server
+        self.port = int(server.sockets[0].getsockname()[1])
         return self
 
     def stop(self) -> None:

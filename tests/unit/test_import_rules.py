@@ -55,7 +55,9 @@ def test_mapping_and_scoring_never_import_the_listeners(path: Path) -> None:
     bad = {
         n
         for n in _imports(path)
-        if n.startswith(("gateway.listeners", "gateway.app", "gateway.cli", "aiohttp", "pynetdicom"))
+        if n.startswith(
+            ("gateway.listeners", "gateway.app", "gateway.cli", "aiohttp", "pynetdicom")
+        )
     }
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 

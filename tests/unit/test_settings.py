@@ -16,7 +16,8 @@ def test_defaults_match_the_external_contract() -> None:
     s = load_settings(environ={})
     assert (s.dicom.port, s.dicom.ae_title, s.http.port) == (11112, "HITLGW", 8080)
     assert s.storage.data_dir == Path("./var")
-    assert s.database_url.startswith("sqlite:///") and s.database_url.endswith("/var/gateway.db")
+    assert s.database_url.startswith("sqlite:///")
+    assert s.database_url.endswith("/var/gateway.db")
     assert s.assembly.stable_seconds == 10
     assert s.review.threshold == 0.8
     assert s.worklist.hl7_host == ""
@@ -38,7 +39,8 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
             "UNRELATED": "x",
         },
     )
-    assert s.dicom.port == 4242 and s.dicom.ae_title == "FILEAE"
+    assert s.dicom.port == 4242
+    assert s.dicom.ae_title == "FILEAE"
     assert s.review.threshold == 0.7
     assert (s.worklist.hl7_host, s.worklist.hl7_port) == ("ris.local", 2575)
     assert s.database_url == "postgresql+psycopg://gw@db/gw"

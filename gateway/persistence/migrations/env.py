@@ -1,4 +1,4 @@
-"""Alembic environment: migrations run against the URL handed over by `gateway.persistence.migrate`."""
+"""Alembic environment: runs on the connection that `gateway.persistence.migrate` passes."""
 
 from __future__ import annotations
 
