@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import gateway  # noqa: F401  (switches dependency telemetry off before anything else loads)
+from gateway.commands import COMMAND_MODULES
 from gateway.settings import Settings, SettingsError, describe_settings, load_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -48,17 +50,6 @@ def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         )
     )
     return 0
-
-
-def _cmd_audit_verify(_args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.audit.verify import format_report, verify_chain
-    from gateway.persistence.db import make_engine
-
-    engine = make_engine(settings.database_url)
-    report = verify_chain(engine)
-    print(format_report(report))
-    engine.dispose()
-    return 0 if report.ok else 1
 
 
 def _cmd_demo_setup(_args: argparse.Namespace, settings: Settings) -> int:
@@ -133,12 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--lifetime", type=int, help="seconds until the token expires")
     token.set_defaults(func=_cmd_token)
 
-    audit = sub.add_parser("audit", help="audit trail").add_subparsers(
-        dest="audit_cmd", required=True
-    )
-    audit.add_parser(
-        "verify", help="check the hash chain; exits non-zero naming the first bad record"
-    ).set_defaults(func=_cmd_audit_verify)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
 
     demo = sub.add_parser("demo", help="demo models and data").add_subparsers(
         dest="demo_cmd", required=True

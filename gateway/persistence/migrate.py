@@ -22,8 +22,8 @@ def _config() -> Config:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision` (default: the newest)."""
+def upgrade(engine: Engine, revision: str = "heads") -> None:
+    """Bring the schema to `revision` (default: every head, so independent branches all apply)."""
     cfg = _config()
     with engine.begin() as conn:
         if not is_sqlite(engine):
@@ -33,8 +33,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at, or None when it was never migrated."""
+    """The revision(s) the database is at, comma-separated, or None when it was never migrated."""
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        heads = MigrationContext.configure(conn).get_current_heads()
+    return ",".join(sorted(heads)) or None
