@@ -1,0 +1,140 @@
+"""DICOM pixels to the model's input tensor, as the version's input contract says.
+
+The demo model is trained through `dataset_to_tensor` too, so training and serving cannot drift.
+Steps: Modality LUT (PS3.3 C.11.1), VOI linear window (C.11.2.1.2), MONOCHROME1 inversion
+(C.7.6.3.1.2), area/bilinear resize to the contract size, scale to the contract range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_modality_lut
+
+from scoring.contract import InputContract
+
+FloatImage = npt.NDArray[np.float32]
+
+
+def _first_value(value: object) -> float | None:
+    """WindowCenter/WindowWidth may be multi-valued; the first pair is the default (C.11.2.1.2)."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | int | float):
+        return float(value)
+    try:
+        return float(next(iter(value)))  # type: ignore[call-overload]
+    except (StopIteration, TypeError, ValueError):
+        return None
+
+
+def _window(
+    values: npt.NDArray[np.float64], center: float, width: float, function: str
+) -> npt.NDArray[np.float64]:
+    """VOI linear window into [0, 1] (PS3.3 C.11.2.1.2.1 LINEAR, C.11.2.1.3.2 LINEAR_EXACT)."""
+    if function == "LINEAR_EXACT":
+        out = (values - center) / width + 0.5
+    else:
+        # SIGMOID and unknown functions fall back to LINEAR: the contract maps intensity linearly.
+        out = (values - (center - 0.5)) / (width - 1) + 0.5
+    return np.clip(out, 0.0, 1.0)
+
+
+def _minmax(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros_like(values)
+    return (values - low) / (high - low)
+
+
+def _resample_matrix(n_in: int, n_out: int) -> npt.NDArray[np.float64]:
+    """Row-stochastic 1-D resampling: area averaging when shrinking, bilinear when enlarging."""
+    weights = np.zeros((n_out, n_in))
+    scale = n_in / n_out
+    if scale >= 1.0:
+        for i in range(n_out):
+            start, stop = i * scale, (i + 1) * scale
+            for j in range(math.floor(start), min(n_in, math.ceil(stop))):
+                weights[i, j] = min(stop, j + 1) - max(start, j)
+    else:
+        for i in range(n_out):
+            pos = min(max((i + 0.5) * scale - 0.5, 0.0), n_in - 1.0)
+            j = min(int(pos), n_in - 2) if n_in > 1 else 0
+            frac = pos - j
+            weights[i, j] += 1.0 - frac
+            if n_in > 1:
+                weights[i, j + 1] += frac
+    result: npt.NDArray[np.float64] = weights / weights.sum(axis=1, keepdims=True)
+    return result
+
+
+def resize(image: npt.NDArray[np.float64], height: int, width: int) -> npt.NDArray[np.float64]:
+    """Resize a 2-D image with separable area (shrink) or bilinear (enlarge) weights."""
+    if image.shape == (height, width):
+        return image
+    rows = _resample_matrix(image.shape[0], height)
+    cols = _resample_matrix(image.shape[1], width)
+    result: npt.NDArray[np.float64] = rows @ image @ cols.T
+    return result
+
+
+def dataset_to_tensor(ds: Dataset, contract: InputContract) -> FloatImage:
+    """A grayscale instance (first frame) as a float32 [1, 1, H, W] tensor per the contract."""
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise ValueError("only single-sample (grayscale) images can be scored")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"unsupported PhotometricInterpretation {photometric!r}")
+    pixels = ds.pixel_array
+    if pixels.ndim == 3:
+        pixels = pixels[0]  # multi-frame: the first frame
+    if pixels.ndim != 2:
+        raise ValueError(f"unexpected pixel array shape {pixels.shape}")
+    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+
+    center, width = contract.window_center, contract.window_width
+    if contract.intensity == "window" and center is None:
+        center = _first_value(ds.get("WindowCenter"))
+        width = _first_value(ds.get("WindowWidth"))
+    if contract.intensity == "window" and center is not None and width is not None and width >= 1:
+        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
+        unit = _window(values, center, width, function)
+    else:
+        unit = _minmax(values)
+    if photometric == "MONOCHROME1":
+        unit = 1.0 - unit
+
+    resized = resize(unit, contract.height, contract.width)
+    scaled = contract.scale_min + resized * (contract.scale_max - contract.scale_min)
+    return np.ascontiguousarray(scaled.reshape(contract.shape), dtype=np.float32)
+
+
+def _order_key(ds: Dataset) -> tuple[int, str]:
+    number = ds.get("InstanceNumber")
+    return (int(number) if number not in (None, "") else 2**31, str(ds.get("SOPInstanceUID", "")))
+
+
+def select_instance(paths: Sequence[str]) -> str:
+    """The instance scored for a study: the first by (InstanceNumber, SOPInstanceUID)."""
+    if not paths:
+        raise ValueError("a study with no instances cannot be scored")
+    headers = [(dcmread(p, stop_before_pixels=True), p) for p in paths]
+    with_pixels = [(ds, p) for ds, p in headers if "Rows" in ds and "Columns" in ds] or headers
+    return min(with_pixels, key=lambda item: _order_key(item[0]))[1]
+
+
+def load_cxr_tensor(paths: Sequence[str], contract: InputContract) -> FloatImage:
+    """Read the study's first instance and preprocess it per the contract into [1, 1, H, W]."""
+    return dataset_to_tensor(dcmread(select_instance(paths)), contract)
+
+
+def tensor_hash(tensor: npt.NDArray[np.float32]) -> str:
+    """SHA-256 of the tensor bytes (C order, little-endian float32): the recorded input hash."""
+    canonical = np.ascontiguousarray(tensor, dtype="<f4")
+    return hashlib.sha256(canonical.tobytes(order="C")).hexdigest()
