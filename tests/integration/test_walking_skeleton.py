@@ -238,12 +238,13 @@ def test_model_failure_falls_back_to_standard_triage(tmp_path: Path) -> None:
     )
     gw.start()
     try:
-        assert (
-            _storescu(gw, _write_study(tmp_path / "pos.dcm", positive=True, seed=9)).returncode == 0
+        sent = gw.cli(
+            "demo", "send", "--port", str(gw.dicom_port), "--positive", "1", "--negative", "1"
         )
-        rows = _wait_for(lambda: _scores(gw), 60, "the fallback row", gw)
-        assert rows[0]["outcome"] == "standard-triage"
-        assert rows[0]["fallback_reason"]
+        assert sent.count("status 0x0000") == 2, sent
+        rows = _wait_for(lambda: len(_scores(gw)) == 2 and _scores(gw), 60, "fallback rows", gw)
+        assert {r["outcome"] for r in rows} == {"standard-triage"}
+        assert all(r["fallback_reason"] and r["model_version"] is None for r in rows)
         _, _, ready = _http("GET", f"{gw.base_url}/readyz")
         assert ready["status"] == "degraded"
     finally:
