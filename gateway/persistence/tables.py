@@ -102,6 +102,12 @@ studies = Table(
     Column("lease_until", UtcDateTime(), nullable=True),
     Column("score_generation", Integer, nullable=False, default=0),
     Column("updated_at", UtcDateTime(), nullable=False),
+    # Number of Study Related Instances (0020,1208) when a header states it: complete on reaching it.
+    Column("expected_instances", Integer, nullable=True),
+    # The maximum wait: stable at this moment at the latest, however the instances trickle in.
+    Column("complete_by", UtcDateTime(), nullable=True),
+    # Scoring passes claimed and not finished; past the limit the study is set aside.
+    Column("claim_attempts", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_studies_due", "state", "stable_due_at"),
 )
 
@@ -139,8 +145,20 @@ tasks = Table(
     Column("owner", String(128), nullable=True),
     Column("last_updated", UtcDateTime(), nullable=False),
     Column("resource", Text, nullable=False),  # current version, canonical JSON
+    # Search columns (FHIR Task search parameters) and the SLA deadline, from revision 0501.
+    Column("business_status", String(64), nullable=True),
+    Column("code", String(64), nullable=True),
+    Column("encounter_id", String(64), nullable=True),
+    Column("part_of", String(64), nullable=True),
+    Column("performer_type", String(64), nullable=True),
+    Column("last_modified", UtcDateTime(), nullable=True),
+    Column("deadline", UtcDateTime(), nullable=True),  # Task.restriction.period.end
     Index("ix_tasks_status", "status"),
     Index("ix_tasks_study", "study_instance_uid", "use_case"),
+    Index("ix_tasks_owner", "owner"),
+    Index("ix_tasks_patient", "patient_id"),
+    Index("ix_tasks_last_updated", "last_updated"),
+    Index("ix_tasks_status_deadline", "status", "deadline"),
 )
 
 task_history = Table(
@@ -203,4 +221,117 @@ audit_head = Table(
     Column("id", Integer, primary_key=True),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+# Signed checkpoints of the audit chain (`gateway.audit.checkpoint`): each signs the hash at one
+# `seq` with an Ed25519 key; append-only like the chain, numbered without gaps and linked.
+audit_checkpoint = Table(
+    "audit_checkpoint",
+    metadata,
+    Column("number", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # periodic | rotation | purge-bridge | manual
+    Column("signed_at", UtcDateTime(), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("retained", String(64), nullable=False, default=""),
+    Column("jws", Text, nullable=False),  # compact JWS (EdDSA) over the checkpoint's payload
+)
+
+# Each retention purge: every record up to `through_seq` not on legal hold was removed; the
+# purge-bridge checkpoint `checkpoint_number` lets the rest of the chain verify.
+audit_purge = Table(
+    "audit_purge",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("through_seq", BigInteger, nullable=False),
+    Column("checkpoint_number", Integer, nullable=False),
+    Column("before", UtcDateTime(), nullable=False),
+    Column("removed", BigInteger, nullable=False),
+    Column("purged_at", UtcDateTime(), nullable=False),
+)
+
+# Legal holds keep audit records past retention: by patient, by period, or both.
+audit_legal_hold = Table(
+    "audit_legal_hold",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("patient_id", String(64), nullable=False, default=""),
+    Column("period_start", UtcDateTime(), nullable=True),
+    Column("period_end", UtcDateTime(), nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("released_at", UtcDateTime(), nullable=True),
+)
+
+# Search index of the audit trail: one row per (search parameter, value) of a record, e.g.
+# ("agent", "Practitioner/1"), ("entity", "Task/7"), ("type", "rest"). Not hashed: a search aid
+# whose hits are always read back from the hashed resource.
+audit_index = Table(
+    "audit_index",
+    metadata,
+    Column("param", String(16), primary_key=True),
+    Column("value", String(255), primary_key=True),
+    Column("recorded", UtcDateTime(), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Index("ix_audit_index_seq", "seq"),
+)
+
+
+# Reviewer credentials (re-credentialing): a reviewer may decide only while credentialed.
+reviewer_credentials = Table(
+    "reviewer_credentials",
+    metadata,
+    Column("practitioner", String(128), primary_key=True),  # e.g. Practitioner/dr-1
+    Column("roles", String(200), nullable=False),  # space-separated roles it covers
+    Column("valid_until", UtcDateTime(), nullable=False),
+    Column("granted_by", String(128), nullable=False),
+    Column("granted_at", UtcDateTime(), nullable=False),
+)
+
+# Safety-committee decisions that switch automation on (who, when, scope, expiry); none: off.
+safety_decisions = Table(
+    "safety_decisions",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("switch", String(64), nullable=False),
+    Column("scope", String(128), nullable=False),  # use case (or "*")
+    Column("decided_by", String(200), nullable=False),
+    Column("decided_at", UtcDateTime(), nullable=False),
+    Column("valid_until", UtcDateTime(), nullable=False),
+    Column("reference", Text, nullable=False),  # minutes or decision document
+    Column("recorded_by", String(128), nullable=False),
+    Column("recorded_at", UtcDateTime(), nullable=False),
+    Index("ix_safety_decisions_switch", "switch", "scope"),
+)
+
+# Derived search index over audit_log (FHIR search of Provenance and AuditEvent); rebuilt from the
+# log by catching up on sequence numbers, so it never changes the append path.
+audit_search_index = Table(
+    "audit_search_index",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("name", String(32), primary_key=True),
+    Column("value", String(255), primary_key=True),
+    Index("ix_audit_search_index_value", "name", "value"),
+)
+
+# FHIR Device of each governed model version that was ever served (`scoring.governance`): written
+# on promotion, `status` turned inactive when the alias moves away, read by `/fhir/Device`.
+model_devices = Table(
+    "model_devices",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model_name", String(128), nullable=False),
+    Column("model_version", String(32), nullable=False),
+    Column("model_sha256", String(64), nullable=False),
+    Column("use_case", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # Device.status: active | inactive
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", UtcDateTime(), nullable=False),
+    Column("resource", Text, nullable=False),  # canonical JSON of the current version
+    UniqueConstraint("model_name", "model_version"),
 )
