@@ -10,6 +10,8 @@ Chain definition (what `gateway.audit.verify` recomputes):
 - `hash_n = lower-case hex SHA-256 of the UTF-8 bytes of (prev_hash_n + text_n)`, the two strings
   simply concatenated (the previous hash is always 64 hex characters, so the split is unambiguous).
 - `audit_head` holds the last `seq` and `hash`, so a truncated tail is detected too.
+- Signed checkpoints (`gateway.audit.checkpoint`) sign the hash at a `seq`; `audit_index` keeps
+  the search parameters of each record (`index_entries`) in the same transaction.
 
 Appending starts with `UPDATE audit_head SET seq = seq + 1 ... RETURNING seq, hash`: the row lock
 (PostgreSQL) or the database write lock (SQLite) serialises appenders until commit, so the chain
@@ -31,12 +33,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from fhir_mapping import r4
 from fhir_mapping.audit_event import audit_event_for
 from fhir_mapping.canonical import canonical_json, sha256_hex
-from gateway.persistence.tables import audit_head, audit_log
+from gateway.persistence.tables import audit_head, audit_index, audit_log
 from gateway.pipeline import PipelineEvent
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
 AUDITED_TYPES = frozenset({"AuditEvent", "Provenance"})
+# R4 Provenance has no patient element; the patient a record is about is kept in the hashed
+# resource through this extension so the patient column can be verified like AuditEvent's.
+PATIENT_EXTENSION = "http://hitl-gateway.org/fhir/StructureDefinition/audit-patient"
 
 
 class AuditTrailError(RuntimeError):
@@ -89,13 +94,16 @@ def append(
         )
     if resource.get("resourceType") != resource_type:
         raise AuditTrailError(f"resourceType {resource.get('resourceType')!r} != {resource_type}")
+    document = dict(resource)
     if resource_type == "AuditEvent":
         # The patient column is an index the verifier re-derives; it must agree with the resource.
         named = audit_event_patient(resource)
         if patient_id and patient_id != named:
             raise AuditTrailError(f"patient {patient_id!r} is not the AuditEvent's patient entity")
         patient_id = named
-    document = dict(resource)
+    else:
+        document = with_provenance_patient(document, patient_id)
+        patient_id = provenance_patient(document)
     document.setdefault("id", str(uuid.uuid4()))
     document["meta"] = {**document.get("meta", {}), "versionId": "1", "lastUpdated": _instant()}
     document = r4.validated(document)  # before the lock: an invalid resource never holds it
@@ -129,7 +137,64 @@ def append(
             )
         )
         conn.execute(update(audit_head).where(audit_head.c.id == HEAD_ID).values(hash=digest))
+        entries = index_entries(resource_type, document)
+        if entries:
+            conn.execute(
+                insert(audit_index),
+                [{"param": p, "value": v, "recorded": recorded, "seq": seq} for p, v in entries],
+            )
     return AppendedRecord(seq, digest, resource_type, document["id"])
+
+
+def index_entries(resource_type: str, document: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (search parameter, value) pairs `audit_index` keeps for one resource (R4 search)."""
+    found: set[tuple[str, str]] = set()
+
+    def reference(param: str, element: Any) -> None:
+        value = str((element or {}).get("reference", ""))
+        if value:
+            found.add((param, value[:255]))
+            if "/_history/" in value:  # a search on Task/x finds every version's record
+                found.add((param, value.split("/_history/")[0][:255]))
+
+    for agent in document.get("agent", ()):
+        reference("agent", agent.get("who"))
+        address = agent.get("network", {}).get("address")
+        if address:
+            found.add(("address", str(address)[:255]))
+    for entity in document.get("entity", ()):
+        reference("entity", entity.get("what"))
+    if resource_type == "AuditEvent":
+        found.add(("type", str(document.get("type", {}).get("code", ""))))
+        for coding in document.get("subtype", ()):
+            found.add(("subtype", str(coding.get("code", ""))))
+        if document.get("action"):
+            found.add(("action", str(document["action"])))
+    else:
+        for target in document.get("target", ()):
+            reference("target", target)
+    return sorted(found)
+
+
+def provenance_patient(provenance: dict[str, Any]) -> str:
+    """The patient a Provenance is about, from the gateway's patient extension, or ""."""
+    for extension in provenance.get("extension", ()):
+        if extension.get("url") == PATIENT_EXTENSION:
+            return str(extension.get("valueReference", {}).get("reference", "")).removeprefix(
+                "Patient/"
+            )
+    return ""
+
+
+def with_provenance_patient(provenance: dict[str, Any], patient_id: str) -> dict[str, Any]:
+    """The Provenance naming its patient in the hashed resource, so the column can be verified."""
+    named = provenance_patient(provenance)
+    if named and patient_id and named != patient_id:
+        raise AuditTrailError(f"patient {patient_id!r} is not the Provenance's patient")
+    if named or not patient_id:
+        return provenance
+    extension = {"url": PATIENT_EXTENSION, "valueReference": {"reference": f"Patient/{patient_id}"}}
+    return {**provenance, "extension": [*provenance.get("extension", ()), extension]}
 
 
 def record_event(

@@ -102,7 +102,7 @@ studies = Table(
     Column("lease_until", UtcDateTime(), nullable=True),
     Column("score_generation", Integer, nullable=False, default=0),
     Column("updated_at", UtcDateTime(), nullable=False),
-    # Number of Study Related Instances (0020,1208) when a header states it: complete on reaching it.
+    # Number of Study Related Instances (0020,1208) when a header states it: complete on reaching.
     Column("expected_instances", Integer, nullable=True),
     # The maximum wait: stable at this moment at the latest, however the instances trickle in.
     Column("complete_by", UtcDateTime(), nullable=True),

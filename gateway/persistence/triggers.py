@@ -100,3 +100,88 @@ def drop_append_only_triggers(conn: Connection) -> None:
     """Remove those triggers (migration downgrade; tamper tests acting as a superuser)."""
     for statement in _statements(conn, SQLITE_DROP, POSTGRESQL_DROP):
         conn.exec_driver_sql(statement)
+
+
+# Retention (revision 0701): a DELETE on audit_log is allowed only at or below the highest
+# `through_seq` of a recorded purge, whose signed purge-bridge checkpoint the verifier checks;
+# checkpoints and purges are themselves append-only.
+_GUARDED = ("audit_checkpoint", "audit_purge")
+
+SQLITE_RETENTION_INSTALL: tuple[str, ...] = (
+    "DROP TRIGGER IF EXISTS audit_log_no_delete",
+    f"""CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+WHEN OLD.seq > COALESCE((SELECT MAX(through_seq) FROM audit_purge), 0)
+BEGIN SELECT RAISE(ABORT, '{_REFUSED}: DELETE on audit_log refused'); END""",
+    *(
+        statement
+        for table in _GUARDED
+        for statement in (
+            f"""CREATE TRIGGER IF NOT EXISTS {table}_no_update BEFORE UPDATE ON {table}
+BEGIN SELECT RAISE(ABORT, '{_REFUSED}: UPDATE on {table} refused'); END""",
+            f"""CREATE TRIGGER IF NOT EXISTS {table}_no_delete BEFORE DELETE ON {table}
+BEGIN SELECT RAISE(ABORT, '{_REFUSED}: DELETE on {table} refused'); END""",
+        )
+    ),
+)
+
+SQLITE_RETENTION_DROP: tuple[str, ...] = (
+    *(f"DROP TRIGGER IF EXISTS {t}_no_{op}" for t in _GUARDED for op in ("update", "delete")),
+    "DROP TRIGGER IF EXISTS audit_log_no_delete",
+    SQLITE_INSTALL[1],
+)
+
+POSTGRESQL_RETENTION_INSTALL: tuple[str, ...] = (
+    f"""CREATE OR REPLACE FUNCTION audit_log_delete_guard() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF OLD.seq > COALESCE((SELECT MAX(through_seq) FROM audit_purge), 0) THEN
+        RAISE EXCEPTION USING
+            MESSAGE = '{_REFUSED}: DELETE on audit_log refused',
+            ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN OLD;
+END
+$fn$""",
+    "DROP TRIGGER IF EXISTS audit_log_no_change ON audit_log",
+    """CREATE TRIGGER audit_log_no_change BEFORE UPDATE ON audit_log
+FOR EACH ROW EXECUTE FUNCTION audit_refuse_change()""",
+    "DROP TRIGGER IF EXISTS audit_log_no_delete ON audit_log",
+    """CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+FOR EACH ROW EXECUTE FUNCTION audit_log_delete_guard()""",
+    *(
+        statement
+        for table in _GUARDED
+        for statement in (
+            f"DROP TRIGGER IF EXISTS {table}_no_change ON {table}",
+            f"""CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table}
+FOR EACH ROW EXECUTE FUNCTION audit_refuse_change()""",
+            f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}",
+            f"""CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
+FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change()""",
+        )
+    ),
+)
+
+POSTGRESQL_RETENTION_DROP: tuple[str, ...] = (
+    *(
+        f"DROP TRIGGER IF EXISTS {t}_no_{op} ON {t}"
+        for t in _GUARDED
+        for op in ("change", "truncate")
+    ),
+    "DROP TRIGGER IF EXISTS audit_log_no_delete ON audit_log",
+    "DROP FUNCTION IF EXISTS audit_log_delete_guard()",
+    "DROP TRIGGER IF EXISTS audit_log_no_change ON audit_log",
+    POSTGRESQL_INSTALL[3],
+)
+
+
+def install_retention_triggers(conn: Connection) -> None:
+    """Guard checkpoints and purges; let audit_log rows go only below a recorded purge."""
+    for statement in _statements(conn, SQLITE_RETENTION_INSTALL, POSTGRESQL_RETENTION_INSTALL):
+        conn.exec_driver_sql(statement)
+
+
+def drop_retention_triggers(conn: Connection) -> None:
+    """Back to the revision-0001 triggers (migration downgrade; tamper tests)."""
+    for statement in _statements(conn, SQLITE_RETENTION_DROP, POSTGRESQL_RETENTION_DROP):
+        conn.exec_driver_sql(statement)

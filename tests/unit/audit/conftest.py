@@ -9,15 +9,29 @@ from sqlalchemy import Engine
 
 from gateway.audit.trail import ensure_head
 from gateway.persistence.db import make_engine
-from gateway.persistence.tables import audit_head, audit_log, metadata
-from gateway.persistence.triggers import install_append_only_triggers
+from gateway.persistence.tables import (
+    audit_checkpoint,
+    audit_head,
+    audit_index,
+    audit_legal_hold,
+    audit_log,
+    audit_purge,
+    metadata,
+)
+from gateway.persistence.triggers import (
+    install_append_only_triggers,
+    install_retention_triggers,
+)
+
+AUDIT_TABLES = [audit_log, audit_head, audit_checkpoint, audit_purge, audit_legal_hold, audit_index]
 
 
 def _audit_engine(url: str) -> Iterator[Engine]:
     engine = make_engine(url)
     with engine.begin() as conn:
-        metadata.create_all(conn, tables=[audit_log, audit_head])
+        metadata.create_all(conn, tables=AUDIT_TABLES)
         install_append_only_triggers(conn)
+        install_retention_triggers(conn)
         ensure_head(conn)
     try:
         yield engine

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, select, text
 from gateway.audit import trail
 from gateway.audit.verify import format_report, verify_chain
 from gateway.persistence.tables import audit_head, audit_log
-from gateway.persistence.triggers import drop_append_only_triggers
+from gateway.persistence.triggers import drop_append_only_triggers, drop_retention_triggers
 from tests.unit.audit.support import decision_event, provenance, scored_event
 
 RECORDS = 7
@@ -29,6 +29,7 @@ def chain(audit_engine: Engine) -> Engine:
     report = verify_chain(audit_engine, batch_size=3)
     assert (report.ok, report.records, report.first_bad_seq) == (True, RECORDS, None)
     with audit_engine.begin() as conn:
+        drop_retention_triggers(conn)
         drop_append_only_triggers(conn)
     return audit_engine
 
