@@ -35,7 +35,7 @@ def send_demo_studies(
                 accession=f"ACC{seed % 1000000:06d}",
                 encounter_id=f"ENC{seed % 100000:05d}",
             )
-            status = assoc.send_c_store(ds)
+            status = assoc.send_c_store(ds, msg_id=n + 1)
             code = int(getattr(status, "Status", -1)) if status else -1
             lines.append(
                 f"study {ds.StudyInstanceUID} ({'finding' if positive else 'no finding'}): "
