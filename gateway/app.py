@@ -41,6 +41,13 @@ def _readiness(engine: Engine, scorer: Any, dispatcher_alive: Any) -> dict[str, 
     return checks
 
 
+async def _reap_spool(engine: Engine, settings: Settings) -> None:
+    from gateway.spool_reaper import reap_orphans
+
+    storage = settings.storage
+    await asyncio.to_thread(reap_orphans, engine, storage.spool_dir, storage.orphan_grace_seconds)
+
+
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run the DIMSE and HTTP listeners and the pipeline workers until stopped."""
     from adapters.worklist.mllp import MllpWorklistUpdater
@@ -65,10 +72,16 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     worker = worker_identity()
     settings.storage.spool_dir.mkdir(parents=True, exist_ok=True)
 
-    recorder = InstanceRecorder(engine, Spool(settings.storage.spool_dir, None), settings)
+    spool = Spool(settings.storage.spool_dir, settings.storage.spool_quota_bytes or None)
+    recorder = InstanceRecorder(engine, spool, settings)
     registry = ModelRegistry(settings.mlflow_tracking_uri)
     scorer = OnnxStudyScorer(registry, settings.mlflow.model_name, settings.mlflow.alias)
-    assembler = StudyAssembler(engine, worker, lease_seconds=settings.scoring.timeout_seconds * 4)
+    assembler = StudyAssembler(
+        engine,
+        worker,
+        lease_seconds=settings.scoring.timeout_seconds * 4,
+        max_claim_attempts=settings.assembly.max_claim_attempts,
+    )
     review = ReviewService(engine, settings)
     step = ScoringStep(
         engine=engine,
@@ -109,6 +122,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         await site.start()
         dimse.start()
         stack.callback(dimse.stop)
+        workers.append(asyncio.create_task(_reap_spool(engine, settings), name="spool-reaper"))
         stack.callback(step.close)
         workers.append(asyncio.create_task(step.run_forever(stop), name="scoring"))
         workers.append(asyncio.create_task(dispatcher.run_forever(stop), name="outbox"))

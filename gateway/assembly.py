@@ -57,22 +57,26 @@ class StudyAssembler:
         lease_seconds: float,
         *,
         batch_size: int = 16,
+        max_claim_attempts: int = 5,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._engine = engine
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
         self.batch_size = batch_size
+        self.max_claim_attempts = max_claim_attempts
         self._clock = clock
 
     def claim_due(self, now: datetime) -> list[StudyContext]:
         """Claim up to `batch_size` studies that are stable or whose lease expired, oldest first."""
         now = _utc(now)
         lease_until = now + timedelta(seconds=self.lease_seconds)
+        self._set_aside_failing(now)
+        # A study whose passes keep failing goes behind every fresh one, so it never blocks them.
         pick = (
             select(studies.c.study_instance_uid)
             .where(_due(now))
-            .order_by(studies.c.stable_due_at)
+            .order_by(studies.c.claim_attempts, studies.c.stable_due_at)
             .limit(self.batch_size)
         )
         claim = (
@@ -83,6 +87,7 @@ class StudyAssembler:
                 lease_owner=self.worker_id,
                 lease_until=lease_until,
                 updated_at=now,
+                claim_attempts=studies.c.claim_attempts + 1,
             )
             .returning(
                 studies.c.study_instance_uid,
@@ -113,6 +118,46 @@ class StudyAssembler:
             for study in contexts:
                 record_event(conn, self._stable_event(study, now, lease_until))
         return sorted(contexts, key=lambda c: c.study_instance_uid)
+
+    def _set_aside_failing(self, now: datetime) -> None:
+        """Studies whose scoring passes died `max_claim_attempts` times keep standard triage."""
+        failing = and_(
+            studies.c.state == StudyState.SCORING.value,
+            studies.c.lease_until < now,
+            studies.c.claim_attempts >= self.max_claim_attempts,
+        )
+        with self._engine.begin() as conn:
+            rows = conn.execute(
+                update(studies)
+                .where(failing)
+                .values(
+                    state=StudyState.STANDARD_TRIAGE.value,
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=now,
+                )
+                .returning(
+                    studies.c.study_instance_uid,
+                    studies.c.patient_id,
+                    studies.c.encounter_id,
+                    studies.c.claim_attempts,
+                )
+            ).all()
+            for row in rows:
+                record_event(
+                    conn,
+                    PipelineEvent(
+                        kind=Event.STANDARD_TRIAGE,
+                        actor=GATEWAY_ACTOR,
+                        occurred_at=now,
+                        outcome="8",
+                        outcome_desc=f"scoring failed {row.claim_attempts} times; set aside",
+                        study_instance_uid=row.study_instance_uid,
+                        patient_id=row.patient_id,
+                        encounter_id=row.encounter_id,
+                        detail={"claim-attempts": str(row.claim_attempts)},
+                    ),
+                )
 
     def mark_done(
         self,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from sqlalchemy import Connection, Engine, RowMapping, case, insert, select
+from sqlalchemy import Connection, Engine, RowMapping, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.audit.trail import record_event
@@ -49,6 +49,8 @@ class ParsedHeader:
     accession_number: str = ""
     encounter_id: str = ""  # AdmissionID (0038,0010)
     body_part_examined: str = ""
+    # NumberOfStudyRelatedInstances (0020,1208): the study is complete when this many arrived.
+    expected_instances: int | None = None
 
 
 class Disposition(enum.StrEnum):
@@ -96,6 +98,7 @@ def parse_header(path: Path) -> ParsedHeader:
             accession_number=_text(ds, "AccessionNumber", 64),
             encounter_id=_text(ds, "AdmissionID", 64),
             body_part_examined=_text(ds, "BodyPartExamined", 64),
+            expected_instances=_count(ds.get("NumberOfStudyRelatedInstances")),
         )
     except OSError:
         raise
@@ -110,6 +113,25 @@ def parse_header(path: Path) -> ParsedHeader:
     if not header.transfer_syntax_uid:
         raise InvalidInput("file meta has no TransferSyntaxUID")
     return header
+
+
+def _count(value: object) -> int | None:
+    # IS may be empty, multi-valued by mistake or nonsense; only a plausible count is used.
+    try:
+        count = int(str(value).strip()) if value not in (None, "") else 0
+    except ValueError:
+        return None
+    return count if 0 < count < 1_000_000 else None
+
+
+def data_set_offset(path: Path) -> int:
+    """Where the data set starts in a Part 10 file: after preamble, DICM and group 0002."""
+    with path.open("rb") as fh:
+        head = fh.read(144)
+    # (0002,0000) UL, explicit VR little endian, is required first (PS3.10 7.1).
+    if len(head) == 144 and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
+        return 144 + int.from_bytes(head[140:144], "little")
+    return 0
 
 
 def sender_actor(calling_ae: str, peer_address: str = "") -> Actor:
@@ -141,6 +163,11 @@ class InstanceRecorder:
         self._spool = spool
         self._settings = settings
         self._clock = clock
+
+    @property
+    def engine(self) -> Engine:
+        """The database the recorder writes to."""
+        return self._engine
 
     def record(
         self, path: Path, header: ParsedHeader, calling_ae: str, *, peer_address: str = ""
@@ -188,7 +215,11 @@ class InstanceRecorder:
         for _ in range(MAX_VERSION_ATTEMPTS):
             try:
                 spooled = self._spool.store_file(
-                    path, header.study_instance_uid, header.sop_instance_uid, version
+                    path,
+                    header.study_instance_uid,
+                    header.sop_instance_uid,
+                    version,
+                    hash_from=data_set_offset(path),
                 )
             except SpoolCollisionError:
                 # Another writer (or an orphan of a crash) holds this version's name.
@@ -280,8 +311,12 @@ class InstanceRecorder:
             lease_until=None,
             score_generation=0,
             updated_at=now,
+            expected_instances=header.expected_instances,
+            complete_by=now + timedelta(seconds=self._settings.assembly.max_wait_seconds),
+            claim_attempts=0,
         )
         excluded = stmt.excluded
+        receiving = studies.c.state == StudyState.RECEIVING.value
         keep_first = {
             name: case((studies.c[name] == "", excluded[name]), else_=studies.c[name])
             for name in (
@@ -305,10 +340,38 @@ class InstanceRecorder:
                 "lease_owner": None,
                 "lease_until": None,
                 "updated_at": now,
+                "expected_instances": func.coalesce(
+                    excluded.expected_instances, studies.c.expected_instances
+                ),
+                # A re-opened study gets a fresh maximum wait; a receiving one keeps its own.
+                "complete_by": case((receiving, studies.c.complete_by), else_=excluded.complete_by),
+                "claim_attempts": 0,
             },
         )
         conn.execute(stmt)
+        self._apply_completion_rules(conn, header.study_instance_uid, now)
         return "" if existing is None else str(existing.state)
+
+    @staticmethod
+    def _apply_completion_rules(conn: Connection, study_uid: str, now: datetime) -> None:
+        """Bring the quiet deadline forward: expected count reached → now; never past the
+        maximum wait. Runs after the upsert, on the row this transaction has locked."""
+        this = studies.c.study_instance_uid == study_uid
+        conn.execute(
+            update(studies)
+            .where(
+                this,
+                studies.c.expected_instances.is_not(None),
+                studies.c.instance_count >= studies.c.expected_instances,
+            )
+            .values(stable_due_at=now)
+        )
+        conn.execute(
+            update(studies)
+            .where(this, studies.c.complete_by.is_not(None))
+            .where(studies.c.complete_by < studies.c.stable_due_at)
+            .values(stable_due_at=studies.c.complete_by)
+        )
 
     @staticmethod
     def _stored_event(

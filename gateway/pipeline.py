@@ -21,6 +21,7 @@ class Event(enum.StrEnum):
 
     INSTANCE_STORED = "instance-stored"
     INSTANCE_REFUSED = "instance-refused"
+    INSTANCES_TRANSFERRED = "instances-transferred"
     STUDY_STABLE = "study-stable"
     STUDY_SCORED = "study-scored"
     STANDARD_TRIAGE = "standard-triage"
@@ -73,6 +74,13 @@ PIPELINE: dict[Event, Stage] = {
             "E",
         ),
         Stage(
+        Stage(
+            Event.INSTANCES_TRANSFERRED,
+            "gateway.transfer_audit",
+            "none: one summary per association or STOW-RS request",
+            (DCM, "110104", "DICOM Instances Transferred"),
+            "C",
+        ),
             Event.STUDY_SCORED,
             "gateway.scoring_step",
             "review: Task if the score reaches the threshold",

@@ -74,7 +74,12 @@ class ScoringStep:
         """Claim the studies that became stable and score each; returns how many were handled."""
         claimed = await asyncio.to_thread(self._assembler.claim_due, now or datetime.now(UTC))
         for study in claimed:
-            await self._score(study)
+            try:
+                await self._score(study)
+            except Exception:
+                # One study in error never blocks the next: its lease expires, it is retried
+                # behind fresh studies and set aside after `max_claim_attempts`.
+                log.exception("scoring study %s failed", study.study_instance_uid)
         return len(claimed)
 
     async def run_forever(self, stop: asyncio.Event) -> None:

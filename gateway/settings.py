@@ -44,6 +44,23 @@ class DicomSettings:
         default=131072, metadata=_doc("Maximum PDU length offered, in bytes (0 = unlimited).")
     )
 
+    maximum_associations: int = field(
+        default=32,
+        metadata=_doc("Concurrent associations accepted; more are rejected (transient)."),
+    )
+    tls_certificate: str = field(
+        default="",
+        metadata=_doc("PEM certificate of the SCP; set with tls_private_key for DICOM TLS."),
+    )
+    tls_private_key: str = field(
+        default="", metadata=_doc("PEM private key of the SCP certificate; empty: no TLS.")
+    )
+    tls_ca_certificates: str = field(
+        default="",
+        metadata=_doc(
+            "PEM bundle of CAs whose client certificates are required; empty: none asked."
+        ),
+    )
 
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
@@ -62,6 +79,12 @@ class HttpSettings:
         default=10 * 1024 * 1024, metadata=_doc("Largest accepted FHIR request body, in bytes.")
     )
 
+    stow_max_instance_bytes: int = field(
+        default=2 * 1024**3, metadata=_doc("Largest instance accepted by STOW-RS, in bytes (413).")
+    )
+    stow_max_request_bytes: int = field(
+        default=20 * 1024**3, metadata=_doc("Largest STOW-RS request body, in bytes (413).")
+    )
     def fhir_base(self) -> str:
         """The FHIR base URL, which is also the token audience."""
         base = self.base_url.rstrip("/") or f"http://localhost:{self.port}"
@@ -76,6 +99,14 @@ class StorageSettings:
         default=Path("./var"), metadata=_doc("Directory for the spool, keys and embedded stores.")
     )
 
+    spool_quota_bytes: int = field(
+        default=0,
+        metadata=_doc("Most bytes the spool may hold; past it A700 / 413 (0 = no quota)."),
+    )
+    orphan_grace_seconds: float = field(
+        default=600.0,
+        metadata=_doc("Age after which a spool file no instance row refers to is removed, in s."),
+    )
     @property
     def spool_dir(self) -> Path:
         """Where received instances are written."""
@@ -118,6 +149,16 @@ class AssemblySettings:
         default=0.5, metadata=_doc("How often due studies are looked for, in seconds.")
     )
 
+    max_wait_seconds: float = field(
+        default=1800.0,
+        metadata=_doc(
+            "Longest wait after the first instance before a study is stable anyway, in s."
+        ),
+    )
+    max_claim_attempts: int = field(
+        default=5,
+        metadata=_doc("Scoring passes a study may fail before it is set aside as standard triage."),
+    )
     def quiet_period(self, modality: str) -> float:
         """The quiet period for a modality, in seconds."""
         return float(self.per_modality.get(modality.upper(), self.stable_seconds))

@@ -29,7 +29,8 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class SpooledFile(NamedTuple):
-    """Where an instance was spooled, its size in bytes and the SHA-256 of its bytes."""
+    """Where an instance was spooled, its size in bytes and the SHA-256 of its bytes from
+    `hash_from` on (the data set, so the same instance sent with other file meta is the same)."""
 
     path: Path
     size: int
@@ -87,7 +88,13 @@ class Spool:
         return self.root / _component(study_uid) / f"{_component(sop_uid)}.{int(version)}.dcm"
 
     def store_file(
-        self, source: Path | bytes | BinaryIO, study_uid: str, sop_uid: str, version: int
+        self,
+        source: Path | bytes | BinaryIO,
+        study_uid: str,
+        sop_uid: str,
+        version: int,
+        *,
+        hash_from: int = 0,
     ) -> SpooledFile:
         """Copy `source` durably to its spool path; raises OutOfResources or SpoolCollisionError."""
         final = self.path_for(study_uid, sop_uid, version)
@@ -102,7 +109,7 @@ class Spool:
         self._reserve(expected)
         reservation = [expected]
         try:
-            spooled = self._write(source, final, reservation)
+            spooled = self._write(source, final, reservation, hash_from)
         except OSError as exc:
             self._settle(reservation[0], 0)
             if exc.errno in _FULL:
@@ -144,7 +151,7 @@ class Spool:
                 self._used += stored
 
     def _write(
-        self, source: Path | bytes | BinaryIO, final: Path, reservation: list[int]
+        self, source: Path | bytes | BinaryIO, final: Path, reservation: list[int], hash_from: int
     ) -> SpooledFile:
         directory = final.parent
         if not directory.exists():
@@ -156,12 +163,15 @@ class Spool:
         try:
             with tmp.open("xb") as out:
                 for chunk in _chunks(source):
+                    start = size
                     size += len(chunk)
                     if size > reservation[0]:
                         # A stream of unknown length grows its reservation as it is written.
                         self._reserve(size - reservation[0])
                         reservation[0] = size
-                    digest.update(chunk)
+                    digest.update(
+                        chunk[max(0, hash_from - start) :] if start < hash_from else chunk
+                    )
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())

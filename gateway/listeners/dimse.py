@@ -8,31 +8,32 @@ the instance size, and are stored unchanged in the transfer syntax they were sen
 
 from __future__ import annotations
 
-import enum
 import logging
 import secrets
 import shutil
 import socket
+import ssl
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
-from pynetdicom import (
-    AE,
-    ALL_TRANSFER_SYNTAXES,
-    AllStoragePresentationContexts,
-    _config,
-    evt,
-)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.dsutils import encode_file_meta
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from gateway.dicom_services import (
+    STORAGE_SOP_CLASSES,
+    TRANSFER_SYNTAXES,
+    VERIFICATION_SOP_CLASS,
+    StoreStatus,
+)
 from gateway.domain.errors import InvalidInput, OutOfResources
 from gateway.ingest import InstanceRecorder, parse_header
-from gateway.settings import Settings
+from gateway.settings import DicomSettings, Settings
+from gateway.transfer_audit import TransferTally, audit_transfer
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,20 @@ _PART10_MAGIC = b"DICM"
 _PREAMBLE = 128
 
 
-class StoreStatus(enum.IntEnum):
-    """C-STORE response statuses used by the SCP (PS3.4 Table B.2-1, PS3.7 Annex C)."""
+__all__ = ["DimseListener", "StoreStatus", "part10_file", "tls_context"]
 
-    SUCCESS = 0x0000
-    # No warning of Table B.2-1 names "kept as a new version"; coercion is the nearest meaning.
-    WARNING_COERCION = 0xB000
-    OUT_OF_RESOURCES = 0xA700
-    DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-    CANNOT_UNDERSTAND = 0xC000
-    PROCESSING_FAILURE = 0x0110
+
+def tls_context(dicom: DicomSettings) -> ssl.SSLContext | None:
+    """The server TLS context from configured PEM files (PS3.15 B.1 secure transport), or None."""
+    if not (dicom.tls_certificate and dicom.tls_private_key):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(dicom.tls_certificate, dicom.tls_private_key)
+    if dicom.tls_ca_certificates:
+        context.load_verify_locations(dicom.tls_ca_certificates)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _status(status: StoreStatus, comment: str = "") -> Dataset:
@@ -92,11 +97,14 @@ class DimseListener:
         self._server: Any = None
         self._ae = AE(ae_title=settings.dicom.ae_title)
         self._ae.maximum_pdu_size = settings.dicom.max_pdu
+        self._ae.maximum_associations = settings.dicom.maximum_associations
         self._ae.require_calling_aet = list(settings.dicom.allowed_calling_aes)
-        self._ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        for context in AllStoragePresentationContexts:
-            # Every transfer syntax is accepted as proposed: instances are stored unchanged.
-            self._ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+        self._ae.add_supported_context(VERIFICATION_SOP_CLASS, ALL_TRANSFER_SYNTAXES)
+        for sop_class in STORAGE_SOP_CLASSES:
+            # Every listed transfer syntax is accepted as proposed: instances are stored unchanged.
+            self._ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        self._tallies: dict[int, TransferTally] = {}
+        self._tallies_lock = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -114,11 +122,21 @@ class DimseListener:
             (evt.EVT_C_STORE, self._on_c_store),
             (evt.EVT_C_ECHO, self._on_c_echo),
             (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
         address = (self._settings.dicom.host, self._settings.dicom.port)
-        self._server = self._ae.start_server(address, block=False, evt_handlers=handlers)
-        log.info("DIMSE listener %s on %s:%d", self._ae.ae_title, address[0], self.port)
+        context = tls_context(self._settings.dicom)
+        self._server = self._ae.start_server(
+            address, block=False, evt_handlers=handlers, ssl_context=context
+        )
+        log.info(
+            "DIMSE listener %s on %s:%d%s",
+            self._ae.ae_title,
+            address[0],
+            self.port,
+            " (TLS)" if context else "",
+        )
 
     def stop(self) -> None:
         """Stop accepting associations and close the listening socket."""
@@ -139,6 +157,28 @@ class DimseListener:
             except OSError as exc:
                 log.debug("TCP_NODELAY not set: %s", exc)
 
+    def _tally(self, event: evt.Event) -> TransferTally:
+        requestor = event.assoc.requestor
+        with self._tallies_lock:
+            tally = self._tallies.get(id(event.assoc))
+            if tally is None:
+                tally = TransferTally(
+                    str(requestor.ae_title or "").strip(), str(requestor.address or "")
+                )
+                self._tallies[id(event.assoc)] = tally
+        return tally
+
+    def _on_conn_close(self, event: evt.Event) -> None:
+        # Released, aborted or dropped: whatever was answered is summarised once.
+        with self._tallies_lock:
+            tally = self._tallies.pop(id(event.assoc), None)
+        if tally is None:
+            return
+        try:
+            audit_transfer(self._recorder.engine, tally)
+        except Exception:
+            log.exception("could not audit the transfer from %s", tally.calling_ae)
+
     def _on_rejected(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
         calling_ae = str(requestor.ae_title or "").strip()
@@ -152,6 +192,12 @@ class DimseListener:
         self._audit_refusal(calling_ae, str(requestor.address or ""), reason, {})
 
     def _on_c_store(self, event: evt.Event) -> Dataset:
+        rsp = self._store(event)
+        if rsp.Status not in (StoreStatus.SUCCESS, StoreStatus.WARNING_COERCION):
+            self._tally(event).refused()
+        return rsp
+
+    def _store(self, event: evt.Event) -> Dataset:
         requestor = event.assoc.requestor
         calling_ae = str(requestor.ae_title or "").strip()
         peer = str(requestor.address or "")
@@ -168,6 +214,7 @@ class DimseListener:
                         request,
                     )
                 outcome = self._recorder.record(path, header, calling_ae, peer_address=peer)
+                self._tally(event).stored(outcome)
         except InvalidInput as exc:
             return self._refused(
                 StoreStatus.CANNOT_UNDERSTAND, exc.message, calling_ae, peer, request

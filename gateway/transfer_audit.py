@@ -1,0 +1,94 @@
+"""DICOM Instances Transferred (DCM 110104) once per association or STOW-RS request.
+
+Each instance's own record is written with its row (INSTANCE_STORED); this summary is what an
+auditor reads first (PS3.15 A.5.3.5): who sent how many instances of which studies and patients,
+and how many were refused.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+
+from gateway.audit.trail import record_event
+from gateway.ingest import IngestOutcome, sender_actor
+from gateway.pipeline import Event, PipelineEvent
+
+# Only so many identifiers are listed in one record; the counts stay exact.
+MAX_LISTED = 50
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class TransferTally:
+    """What one association or request transferred; thread-safe, as pynetdicom's may not be."""
+
+    calling_ae: str
+    peer_address: str = ""
+    transport: str = "DIMSE"
+    counts: Counter[str] = field(default_factory=Counter)
+    patients: set[str] = field(default_factory=set)
+    studies: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def stored(self, outcome: IngestOutcome) -> None:
+        """Count a stored, duplicate or new-version instance."""
+        with self._lock:
+            self.counts[outcome.disposition.value] += 1
+            self.studies.add(outcome.instance.study_instance_uid)
+            if outcome.instance.patient_id:
+                self.patients.add(outcome.instance.patient_id)
+
+    def refused(self) -> None:
+        """Count an instance that got a failure status."""
+        with self._lock:
+            self.counts["refused"] += 1
+
+    @property
+    def total(self) -> int:
+        """Instances offered, whatever became of them."""
+        return sum(self.counts.values())
+
+    def event(self, now: datetime) -> PipelineEvent:
+        """The summary audit event."""
+        with self._lock:
+            counts = dict(self.counts)
+            patients = sorted(self.patients)
+            studies = sorted(self.studies)
+        refused = counts.get("refused", 0)
+        detail = {
+            "transport": self.transport,
+            "calling-ae": self.calling_ae,
+            "instances": str(sum(counts.values())),
+            **{f"count-{k}": str(v) for k, v in sorted(counts.items())},
+            "studies": " ".join(studies[:MAX_LISTED]),
+            "patients": " ".join(patients[:MAX_LISTED]),
+        }
+        return PipelineEvent(
+            kind=Event.INSTANCES_TRANSFERRED,
+            actor=sender_actor(self.calling_ae, self.peer_address),
+            occurred_at=now,
+            outcome="4" if refused else "0",
+            outcome_desc=f"{refused} instance(s) refused" if refused else "",
+            study_instance_uid=studies[0] if len(studies) == 1 else "",
+            patient_id=patients[0] if len(patients) == 1 else "",
+            detail=detail,
+        )
+
+
+def audit_transfer(
+    engine: Engine, tally: TransferTally, clock: Callable[[], datetime] = _utcnow
+) -> None:
+    """Write the summary of a finished association or request; nothing when nothing was sent."""
+    if tally.total == 0:
+        return
+    with engine.begin() as conn:
+        record_event(conn, tally.event(clock()))
