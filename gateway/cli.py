@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import gateway  # noqa: F401  (switches dependency telemetry off before anything else loads)
+from gateway.auth.issuer import ROLES
 from gateway.commands import COMMAND_MODULES
 from gateway.settings import Settings, SettingsError, describe_settings, load_settings
 
@@ -107,15 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--role",
         required=True,
-        choices=[
-            "reviewer",
-            "secondary-reviewer",
-            "auditor",
-            "auditor-phi",
-            "model-approver",
-            "admin",
-            "pacs",
-        ],
+        choices=ROLES,
     )
     token.add_argument("--user", required=True, help="fhirUser, e.g. Practitioner/123")
     token.add_argument(
