@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from fhir_mapping.canonical import canonical_json
-from fhir_mapping.task import task_facts, with_version
+from fhir_mapping.task import parse_instant, task_facts, with_version
 from gateway.domain.errors import InvalidInput, NotFound, VersionConflict
 from gateway.domain.task_states import TERMINAL
 from gateway.persistence.tables import task_history, tasks
@@ -43,6 +43,7 @@ class TaskRepository:
             "use_case": facts.use_case,
             "patient_id": facts.patient_id,
             "owner": facts.owner or None,
+            **search_columns(resource),
         }
 
     def create(self, conn: Connection, resource: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,6 +130,17 @@ class TaskRepository:
         query = query.limit(max(0, min(count, MAX_COUNT)))
         return [_load(row.resource) for row in conn.execute(query)]
 
+    def history(self, conn: Connection, task_id: str) -> list[dict[str, Any]]:
+        """Every version of a Task, newest first (FHIR history-instance); NotFound when none."""
+        rows = conn.execute(
+            select(task_history.c.resource)
+            .where(task_history.c.task_id == task_id)
+            .order_by(task_history.c.version_id.desc())
+        ).all()
+        if not rows:
+            raise NotFound(f"Task/{task_id} is not known")
+        return [_load(row.resource) for row in rows]
+
     def find_open_for_study(
         self, conn: Connection, study_uid: str, use_case: str
     ) -> dict[str, Any] | None:
@@ -144,6 +156,39 @@ class TaskRepository:
             .limit(1)
         ).first()
         return None if row is None else _load(row.resource)
+
+
+def _first_code(concept: Any) -> str | None:
+    if isinstance(concept, Mapping):
+        for coding in concept.get("coding", []):
+            if isinstance(coding, Mapping) and coding.get("code"):
+                return str(coding["code"])
+    return None
+
+
+def search_columns(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """The indexed copies of Task search parameters (business-status, code, part-of, ...)."""
+    part_of = next(
+        (
+            str(p["reference"]).removeprefix("Task/")
+            for p in resource.get("partOf", [])
+            if str(p.get("reference", "")).startswith("Task/")
+        ),
+        None,
+    )
+    performer = next((_first_code(c) for c in resource.get("performerType", [])), None)
+    encounter = str(resource.get("encounter", {}).get("reference", "")).removeprefix("Encounter/")
+    modified = resource.get("lastModified")
+    deadline = resource.get("restriction", {}).get("period", {}).get("end")
+    return {
+        "business_status": _first_code(resource.get("businessStatus")),
+        "code": _first_code(resource.get("code")),
+        "encounter_id": encounter or None,
+        "part_of": part_of,
+        "performer_type": performer,
+        "last_modified": parse_instant(modified) if isinstance(modified, str) else None,
+        "deadline": parse_instant(deadline) if isinstance(deadline, str) else None,
+    }
 
 
 def _load(text: str) -> dict[str, Any]:
