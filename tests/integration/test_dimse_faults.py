@@ -1,0 +1,313 @@
+"""C-STORE faults with real peers: truncated streams, wrong SOP class, a full spool, resends, an
+aborted association, dcmsend, DICOM TLS with storescu/echoscu, and the conformance tables.
+
+The listener runs in this process on a free port of 127.0.0.1; the peers are dcmtk and pynetdicom.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config, build_context
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
+from sqlalchemy import Engine, select
+
+from gateway.audit.trail import ensure_head
+from gateway.dicom_services import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from gateway.ingest import InstanceRecorder
+from gateway.listeners.dimse import DimseListener
+from gateway.persistence.db import make_engine
+from gateway.persistence.tables import audit_log, instances, metadata
+from gateway.settings import DicomSettings, Settings, StorageSettings
+from gateway.spool import Spool
+from tests.unit.test_assembly import write_dicom
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed"),
+]
+
+HOST = "127.0.0.1"
+AE_TITLE = "HITLGW"
+DX = "1.2.840.10008.5.1.4.1.1.1.1"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@dataclass
+class Listener:
+    """A running SCP and what it writes to."""
+
+    port: int
+    engine: Engine
+    spool_dir: Path
+
+    def rows(self) -> list[dict[str, object]]:
+        """Instance rows."""
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(instances))]
+
+    def audit(self) -> list[dict[str, object]]:
+        """Every audit resource."""
+        with self.engine.connect() as conn:
+            return [json.loads(r) for r in conn.execute(select(audit_log.c.resource)).scalars()]
+
+    def spooled(self) -> list[Path]:
+        """Every file under the spool, temporary ones included."""
+        return sorted(p for p in self.spool_dir.rglob("*") if p.is_file())
+
+
+def _wait(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def start_listener(tmp_path: Path) -> Iterator[Callable[..., Listener]]:
+    """Starts listeners with the given storage quota and DICOM settings; stops them after."""
+    running: list[tuple[DimseListener, Engine]] = []
+
+    def start(quota: int | None = None, **dicom: object) -> Listener:
+        data = tmp_path / f"var{len(running)}"
+        settings = Settings(
+            dicom=DicomSettings(port=0, host=HOST, ae_title=AE_TITLE, **dicom),  # type: ignore[arg-type]
+            storage=StorageSettings(data_dir=data),
+        )
+        engine = make_engine(f"sqlite:///{tmp_path / f'gw{len(running)}.db'}")
+        with engine.begin() as conn:
+            metadata.create_all(conn)
+            ensure_head(conn)
+        spool = Spool(settings.storage.spool_dir, quota, min_free_bytes=0)
+        listener = DimseListener(settings, InstanceRecorder(engine, spool, settings))
+        listener.start()
+        running.append((listener, engine))
+        _wait(lambda: _listening(listener.port))
+        return Listener(listener.port, engine, settings.storage.spool_dir)
+
+    yield start
+    for listener, engine in running:
+        listener.stop()
+        engine.dispose()
+
+
+def _dcmtk(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _associate(port: int, *contexts: str) -> object:
+    ae = AE(ae_title="PYSCU")
+    for sop_class in contexts or (DX,):
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate(HOST, port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    return assoc
+
+
+def test_a_truncated_stream_leaves_nothing_behind(
+    start_listener: Callable[..., Listener], tmp_path: Path
+) -> None:
+    gw = start_listener()
+    path = write_dicom(tmp_path / "big.dcm", generate_uid())
+    ds = pydicom.dcmread(path)
+    ds.PixelData = os.urandom(2_000_000)
+    ds.Rows, ds.Columns = 1000, 2000
+    ds.save_as(path, implicit_vr=False, little_endian=True)
+    assoc: object = _associate(gw.port)
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = DX
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    # The data set bytes after the file meta, as a C-STORE carries them.
+    request.DataSet = io.BytesIO(_data_set(ds))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    context_id = assoc.accepted_contexts[0].context_id  # type: ignore[attr-defined]
+    pdus = []
+    for primitive in message.encode_msg(context_id, 16384):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        pdus.append(pdu.encode())
+    raw = assoc.dul.socket.socket  # type: ignore[attr-defined]
+    # Half the message, then the connection drops as a crashed sender's would.
+    for data in pdus[: len(pdus) // 2]:
+        raw.sendall(data)
+    raw.shutdown(socket.SHUT_RDWR)
+    raw.close()
+    assert gw.rows() == []
+    # The listener is unharmed: the next sender is served, and only its instance is stored.
+    sent = _dcmtk("storescu", "-aec", AE_TITLE, HOST, str(gw.port), str(path))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert [r["sop_instance_uid"] for r in gw.rows()] == [ds.SOPInstanceUID]
+    assert [p.name.startswith(".") for p in gw.spooled()] == [False]
+
+
+def _data_set(ds: pydicom.Dataset) -> bytes:
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, ds, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    data = out.getvalue()
+    # dcmwrite without file meta still writes it when ds.file_meta exists; cut it.
+    if data[128:132] == b"DICM":
+        return data[144 + int.from_bytes(data[140:144], "little") :]
+    return data
+
+
+def test_a_data_set_of_another_sop_class_gets_a900(
+    start_listener: Callable[..., Listener], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = start_listener()
+    ct = write_dicom(tmp_path / "ct.dcm", generate_uid(), modality="CT")
+    ds = pydicom.dcmread(ct)
+    # Sent under DX (from the file meta) while the data set says CT Image Storage.
+    ds.file_meta.MediaStorageSOPClassUID = UID(DX)
+    ds.save_as(ct)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    assoc: object = _associate(gw.port, DX, CT)
+    try:
+        status = assoc.send_c_store(ct)  # type: ignore[attr-defined]
+    finally:
+        assoc.release()  # type: ignore[attr-defined]
+    assert status.Status == 0xA900
+    assert gw.rows() == []
+    _wait(lambda: any("0xA900" in json.dumps(d) for d in gw.audit()))
+
+
+def test_an_unlisted_sop_class_is_refused_at_negotiation(
+    start_listener: Callable[..., Listener],
+) -> None:
+    gw = start_listener()
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.88.11", ExplicitVRLittleEndian)  # Basic SR
+    ae.add_requested_context(DX, "1.2.840.10008.1.2.2")  # explicit big endian: not listed
+    ae.add_requested_context(DX, ExplicitVRLittleEndian)
+    assoc = ae.associate(HOST, gw.port, ae_title=AE_TITLE)
+    try:
+        accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
+    finally:
+        assoc.release()
+    assert accepted == {(DX, ExplicitVRLittleEndian)}
+
+
+def test_a_full_spool_gets_a700_and_stores_nothing(
+    start_listener: Callable[..., Listener], tmp_path: Path
+) -> None:
+    gw = start_listener(quota=1500)
+    study = generate_uid()
+    first, second = (write_dicom(tmp_path / f"{n}.dcm", study) for n in "ab")
+    result = _dcmtk("storescu", "-v", "-aet", "STORESCU", "-aec", AE_TITLE, HOST, str(gw.port),
+                    str(first), str(second))  # fmt: skip
+    assert "Received Store Response (Refused: OutOfResources)" in result.stdout + result.stderr
+    assert len(gw.rows()) == 1
+    assert len([p for p in gw.spooled() if p.suffix == ".dcm"]) == 1
+    _wait(lambda: any("0xA700" in json.dumps(d) for d in gw.audit()))
+
+
+def test_resends_identical_then_conflicting_and_an_aborted_association(
+    start_listener: Callable[..., Listener], tmp_path: Path
+) -> None:
+    gw = start_listener()
+    study, sop = generate_uid(), generate_uid()
+    original = write_dicom(tmp_path / "a.dcm", study, sop_uid=sop)
+    changed = write_dicom(tmp_path / "b.dcm", study, sop_uid=sop, pixel_seed=9)
+    others = [write_dicom(tmp_path / f"o{n}.dcm", study) for n in range(3)]
+    assoc: object = _associate(gw.port)
+    statuses = [
+        assoc.send_c_store(pydicom.dcmread(p)).Status  # type: ignore[attr-defined]
+        for p in (original, original, changed, *others[:2])
+    ]
+    assoc.abort()  # type: ignore[attr-defined]
+    assert statuses == [0x0000, 0x0000, 0xB000, 0x0000, 0x0000]
+    rows = gw.rows()
+    assert sorted((r["sop_instance_uid"] == sop, r["version"]) for r in rows) == [
+        (False, 1),
+        (False, 1),
+        (True, 1),
+        (True, 2),
+    ]
+
+    def summary() -> dict[str, object] | None:
+        found = [d for d in gw.audit() if "instances-transferred" in json.dumps(d)]
+        return found[0] if found else None
+
+    _wait(summary)
+    text = json.dumps(summary())
+    for fragment in ('"count-duplicate"', '"count-new-version"', '"count-stored"', "PYSCU"):
+        assert fragment in text
+    # The sender goes on after the abort; the study simply grows.
+    sent = _dcmtk("dcmsend", "-aet", "DCMSEND", "-aec", AE_TITLE, HOST, str(gw.port),
+                  str(others[2]))  # fmt: skip
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert len(gw.rows()) == 5
+
+
+def _make_certificates(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "scp.pem", directory / "scp.key"
+    done = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_storescu_and_echoscu_over_dicom_tls(
+    start_listener: Callable[..., Listener], tmp_path: Path
+) -> None:
+    cert, key = _make_certificates(tmp_path)
+    gw = start_listener(tls_certificate=str(cert), tls_private_key=str(key))
+    tls = ["+tls", str(key), str(cert), "+cf", str(cert), "-aec", AE_TITLE]
+    echo = _dcmtk("echoscu", *tls, HOST, str(gw.port))
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    path = write_dicom(tmp_path / "tls.dcm", generate_uid())
+    sent = _dcmtk("storescu", *tls, HOST, str(gw.port), str(path))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert len(gw.rows()) == 1
+    # Plain DICOM against the TLS port fails: nothing is accepted unencrypted.
+    plain = _dcmtk("echoscu", "-aec", AE_TITLE, HOST, str(gw.port))
+    assert plain.returncode != 0
+
+
+def test_every_listed_sop_class_and_transfer_syntax_is_accepted(
+    start_listener: Callable[..., Listener],
+) -> None:
+    gw = start_listener()
+    offered = [(s, t) for s in STORAGE_SOP_CLASSES for t in TRANSFER_SYNTAXES]
+    accepted: set[tuple[str, str]] = set()
+    # A presentation context list holds at most 128 entries: offer them in slices.
+    for start in range(0, len(offered), 120):
+        ae = AE(ae_title="PYSCU")
+        ae.requested_contexts = [build_context(s, t) for s, t in offered[start : start + 120]]
+        assoc = ae.associate(HOST, gw.port, ae_title=AE_TITLE)
+        assert assoc.is_established
+        accepted |= {
+            (str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts
+        }
+        assoc.release()
+    assert accepted == set(offered)
