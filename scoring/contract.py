@@ -17,6 +17,7 @@ CONTRACT_TAG = "input_contract"
 CONTRACT_ARTIFACT = "input_contract.json"
 
 INTENSITY_MAPPINGS = ("window", "minmax")
+AGGREGATIONS = ("none", "max", "mean")
 OUTPUT_TRANSFORMS = ("none", "sigmoid", "softmax")
 
 
@@ -44,6 +45,9 @@ class InputContract:
     channels: int = 1
     scale_min: float = 0.0
     scale_max: float = 1.0
+    # "none": one image per study; "max"/"mean": every slice of the selected series is scored
+    # (sorted along the slice normal) and the per-slice probabilities are aggregated.
+    aggregation: str = "none"
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -65,6 +69,8 @@ class InputContract:
             problems.append(f"output_transform must be one of {OUTPUT_TRANSFORMS}")
         if self.layout != "NCHW" or self.channels != 1:
             problems.append("only single-channel NCHW inputs are supported")
+        if self.aggregation not in AGGREGATIONS:
+            problems.append(f"aggregation must be one of {AGGREGATIONS}")
         if not self.scale_min < self.scale_max:
             problems.append("scale_min must be below scale_max")
         if problems:

@@ -44,6 +44,13 @@ DEMO_CONTRACT = InputContract(
 
 Matrix = npt.NDArray[np.float64]
 
+EVALUATION_DATA = f"""# Evaluation data: {MODEL_NAME} (demo)
+
+{HELD_OUT_COUNT} synthetic chest X-ray phantoms from `scoring.phantoms` (seeds {HELD_OUT_SEED_BASE}
+onwards, disjoint from the {TRAIN_COUNT} training seeds), half with a drawn pneumothorax. 256x256,
+12-bit, MONOCHROME2, DX For Presentation. No patient data. Demo, not for clinical use.
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class DemoModel:
@@ -145,8 +152,21 @@ def threshold_metrics(
     }
 
 
-def to_onnx(weights: Matrix, bias: float) -> bytes:
-    """ONNX graph: image -> AveragePool -> Flatten -> Gemm -> Sigmoid -> probability[1, 1]."""
+def to_onnx(
+    weights: Matrix,
+    bias: float,
+    contract: InputContract = DEMO_CONTRACT,
+    *,
+    graph_name: str = "cxr_pneumothorax_demo",
+    recipe: str = RECIPE,
+    batch: int | str = 1,
+    pool: int = POOL,
+) -> bytes:
+    """ONNX graph: image -> AveragePool -> Flatten -> Gemm -> Sigmoid -> probability[N, 1].
+
+    A string `batch` makes the batch dimension symbolic, so every slice of a series is scored
+    in one run.
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -156,42 +176,49 @@ def to_onnx(weights: Matrix, bias: float) -> bytes:
         [
             helper.make_node(
                 "AveragePool",
-                ["image"],
+                [contract.input_name],
                 ["pooled"],
-                kernel_shape=[POOL, POOL],
-                strides=[POOL, POOL],
+                kernel_shape=[pool, pool],
+                strides=[pool, pool],
             ),
             helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
             helper.make_node("Gemm", ["features", "weight", "bias"], ["logit"], transB=1),
             helper.make_node("Sigmoid", ["logit"], ["probability"]),
         ],
-        "cxr_pneumothorax_demo",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, list(DEMO_CONTRACT.shape))],
-        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [1, 1])],
+        graph_name,
+        [
+            helper.make_tensor_value_info(
+                contract.input_name, TensorProto.FLOAT, [batch, *contract.shape[1:]]
+            )
+        ],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [batch, 1])],
         initializer=[numpy_helper.from_array(w, "weight"), numpy_helper.from_array(b, "bias")],
-        doc_string="Demo pneumothorax classifier, synthetic phantoms only. Not for clinical use.",
+        doc_string=f"Demo {contract.label} classifier, synthetic phantoms only. "
+        "Not for clinical use.",
     )
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="hitl-gateway-demo",
-        producer_version=RECIPE,
+        producer_version=recipe,
         ir_version=IR_VERSION,
     )
-    helper.set_model_props(model, {"use_case": DEMO_CONTRACT.use_case, "recipe": RECIPE})
+    helper.set_model_props(model, {"use_case": contract.use_case, "recipe": recipe})
     onnx.checker.check_model(model)
     data: bytes = model.SerializeToString(deterministic=True)
     return data
 
 
-def _onnx_predict(onnx_bytes: bytes, tensors: npt.NDArray[np.float32]) -> Matrix:
+def _onnx_predict(
+    onnx_bytes: bytes, tensors: npt.NDArray[np.float32], input_name: str = "image"
+) -> Matrix:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-    out = [session.run(None, {"image": t[None]})[0].item() for t in tensors]
+    out = [session.run(None, {input_name: t[None]})[0].item() for t in tensors]
     return np.asarray(out, dtype=np.float64)
 
 

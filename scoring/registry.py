@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from gateway.domain.errors import GatewayError, InvalidInput, ModelUnavailable
+from gateway.domain.errors import InvalidInput, ModelUnavailable
 from gateway.domain.model import ModelIdentity
 from scoring.contract import CONTRACT_ARTIFACT, CONTRACT_TAG, InputContract
 
@@ -31,6 +31,19 @@ MODEL_FILE = "model.onnx"
 MODEL_CARD_FILE = "model_card.md"
 EXPERIMENT_NAME = "hitl-gateway-model-registrations"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+RESERVED_FILES = frozenset({MODEL_FILE, CONTRACT_ARTIFACT})
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One registered version as listed: number, tags, aliases and creation time (ms)."""
+
+    name: str
+    version: str
+    tags: Mapping[str, str]
+    aliases: tuple[str, ...]
+    created_ms: int
+    run_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +150,10 @@ class ModelRegistry:
         metrics: Mapping[str, float],
         model_card_text: str,
         tags: Mapping[str, str] | None = None,
+        artifacts: Mapping[str, str] | None = None,
     ) -> str:
-        """Log a run (metrics, model.onnx, model card, contract) and register it as a version."""
+        """Log a run (metrics, model.onnx, model card, contract, evaluation documents) and
+        register it as a version; `artifacts` maps file names to their text."""
         from mlflow.entities import Metric
         from mlflow.exceptions import MlflowException
 
@@ -161,6 +176,10 @@ class ModelRegistry:
                 (staging / MODEL_FILE).write_bytes(data)
                 (staging / MODEL_CARD_FILE).write_text(model_card_text, encoding="utf-8")
                 (staging / CONTRACT_ARTIFACT).write_text(contract.to_json(), encoding="utf-8")
+                for file_name, text in (artifacts or {}).items():
+                    if Path(file_name).name != file_name or file_name in RESERVED_FILES:
+                        raise InvalidInput(f"artifact name {file_name!r} is not allowed")
+                    (staging / file_name).write_text(text, encoding="utf-8")
                 client.log_artifacts(run_id, str(staging), MODEL_ARTIFACT_DIR)
         except BaseException:
             client.set_terminated(run_id, "FAILED")
@@ -201,6 +220,67 @@ class ModelRegistry:
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
 
+    def versions(self, name: str) -> list[VersionInfo]:
+        """Every version of a registered model, oldest first (empty if the model is unknown)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client().search_model_versions(f"name = '{name}'")
+        except MlflowException:
+            return []
+        infos = [
+            VersionInfo(
+                name,
+                str(v.version),
+                dict(v.tags),
+                tuple(getattr(v, "aliases", ()) or ()),
+                int(v.creation_timestamp or 0),
+                str(v.run_id or ""),
+            )
+            for v in found
+        ]
+        return sorted(infos, key=lambda v: int(v.version))
+
+    def version(self, name: str, version: str) -> VersionInfo:
+        """One version; InvalidInput when it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            v = self.client().get_model_version(name, version)
+        except MlflowException as exc:
+            raise InvalidInput(f"{name!r} has no version {version!r}") from exc
+        return VersionInfo(
+            name,
+            str(v.version),
+            dict(v.tags),
+            tuple(getattr(v, "aliases", ()) or ()),
+            int(v.creation_timestamp or 0),
+            str(v.run_id or ""),
+        )
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version number behind an alias, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client().get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def artifact_names(self, name: str, version: str) -> frozenset[str]:
+        """File names logged beside the version's model file (works on remote stores too)."""
+        run_id = self.version(name, version).run_id
+        if not run_id:
+            return frozenset()
+        listed = self.client().list_artifacts(run_id, MODEL_ARTIFACT_DIR)
+        return frozenset(Path(str(f.path)).name for f in listed if not f.is_dir)
+
+    def artifact_text(self, name: str, version: str, file_name: str) -> str | None:
+        """The text of one artifact of a version, or None when it was not logged."""
+        mv = self.client().get_model_version(name, version)
+        path = self._locate(str(mv.source), name, version) / file_name
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point `alias` of the registered model at `version`."""
         self.client().set_registered_model_alias(name, alias, version)
@@ -225,8 +305,20 @@ class ModelRegistry:
             raise ModelUnavailable(
                 f"registered model {name!r} has no version under alias {alias!r}: {exc.message}"
             ) from exc
-        version = str(mv.version)
-        where = f"{name!r} version {version} (alias {alias!r})"
+        return self._verified(mv, f"{name!r} version {mv.version} (alias {alias!r})")
+
+    def verify(self, name: str, version: str) -> ResolvedModel:
+        """One version by number, verified exactly as `resolve` verifies the served one."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client().get_model_version(name, version)
+        except MlflowException as exc:
+            raise ModelUnavailable(f"{name!r} has no version {version!r}") from exc
+        return self._verified(mv, f"{name!r} version {version}")
+
+    def _verified(self, mv: Any, where: str) -> ResolvedModel:
+        name, version = str(mv.name), str(mv.version)
         if str(mv.status) != "READY":
             raise ModelUnavailable(f"{where} is not ready (status {mv.status})")
         expected = str(mv.tags.get(SHA256_TAG, "")).lower()
@@ -279,47 +371,3 @@ class ModelRegistry:
             return InputContract.from_json(str(text))
         except InvalidInput as exc:
             raise ModelUnavailable(f"{mv.name!r} version {mv.version}: {exc.message}") from exc
-
-
-DEMO_PROMOTION_TAGS = {"approved_by": "Practitioner/demo-approver", "promotion": "demo-setup"}
-
-
-def setup_demo(tracking_uri: str, data_dir: Path, alias: str = "production") -> ResolvedModel:
-    """Build, register and serve the demo model under `alias`; a second call changes nothing.
-
-    The policy-gated promotion is not applied here yet: the alias is moved with the recorded demo
-    approver tags. A version promoted by anything but this setup is never displaced.
-    """
-    from scoring.demo_model import MODEL_NAME, RECIPE, build_demo_model, write_demo_model
-
-    registry = ModelRegistry(tracking_uri)
-    try:
-        current = registry.resolve(MODEL_NAME, alias)
-    except ModelUnavailable:
-        current = None
-    if current is not None:
-        tags = registry.version_tags(MODEL_NAME, current.version)
-        if tags.get("recipe") == RECIPE:
-            return current
-        if tags.get("promotion") != DEMO_PROMOTION_TAGS["promotion"]:
-            raise GatewayError(
-                f"{MODEL_NAME!r} alias {alias!r} points at version {current.version}, which was "
-                "not set up by the demo; leaving it in place",
-                code="conflict",
-            )
-
-    model = build_demo_model()
-    version = registry.find_version(MODEL_NAME, model.sha256)
-    if version is None:
-        files = write_demo_model(model, Path(data_dir) / "models" / RECIPE)
-        version = registry.register_onnx(
-            MODEL_NAME,
-            files.onnx_path,
-            model.contract,
-            model.metrics,
-            model.model_card,
-            {"recipe": RECIPE, "training_data": "synthetic phantoms", "clinical_use": "none"},
-        )
-    registry.set_version_tags(MODEL_NAME, version, DEMO_PROMOTION_TAGS)
-    registry.set_alias(MODEL_NAME, alias, version)
-    return registry.resolve(MODEL_NAME, alias)

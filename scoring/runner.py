@@ -9,6 +9,7 @@ keeps the study in standard triage.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -20,9 +21,15 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.domain.errors import GatewayError, ModelUnavailable
+from gateway.domain.model import ModelIdentity
 from gateway.ports import ModelOutput
+from scoring.ct import load_ct_volume
 from scoring.preprocess import load_cxr_tensor, tensor_hash
 from scoring.registry import ModelRegistry, ResolvedModel
+
+log = logging.getLogger(__name__)
+
+AliasListener = Callable[[ModelIdentity | None, ModelIdentity | None, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +37,7 @@ class _Loaded:
     model: ResolvedModel
     session: Any
     output_name: str
+    batched: bool = False
 
 
 def _probability(raw: npt.NDArray[np.float32], transform: str, index: int) -> float:
@@ -47,6 +55,26 @@ def _probability(raw: npt.NDArray[np.float32], transform: str, index: int) -> fl
     return score
 
 
+def _run_slices(
+    loaded: _Loaded, input_name: str, tensor: npt.NDArray[np.float32]
+) -> list[npt.NDArray[np.float32]]:
+    """Per-slice raw outputs: one run when the batch dimension is symbolic, else one per slice."""
+    if loaded.batched:
+        out = np.asarray(loaded.session.run([loaded.output_name], {input_name: tensor})[0])
+        return [out[i] for i in range(out.shape[0])]
+    return [
+        np.asarray(loaded.session.run([loaded.output_name], {input_name: tensor[i : i + 1]})[0])
+        for i in range(tensor.shape[0])
+    ]
+
+
+def _aggregate(scores: Sequence[float], how: str) -> float:
+    """The study score from per-slice probabilities."""
+    if not scores:
+        raise ModelUnavailable("no slice was scored")
+    return max(scores) if how == "max" else float(sum(scores) / len(scores))
+
+
 class OnnxStudyScorer:
     """Scores studies with the ONNX model under `alias` of `model_name`; thread-safe."""
 
@@ -59,6 +87,7 @@ class OnnxStudyScorer:
         *,
         intra_op_threads: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        on_alias_change: AliasListener | None = None,
     ) -> None:
         self._registry = registry
         self._model_name = model_name
@@ -70,15 +99,33 @@ class OnnxStudyScorer:
         self._loaded: _Loaded | None = None
         self._checked_at: float | None = None
         self._reason = "not loaded yet"
+        self._on_alias_change = on_alias_change
+        self._served: ModelIdentity | None = None
+        self.alias_changes = 0
+
+    @property
+    def model_name(self) -> str:
+        """The registered model this scorer serves."""
+        return self._model_name
 
     def score(self, instance_paths: Sequence[str]) -> ModelOutput:
         """Score the study's first instance with the current production version."""
         loaded = self._current()
         contract = loaded.model.contract
         try:
-            tensor = load_cxr_tensor(instance_paths, contract)
-            outputs = loaded.session.run([loaded.output_name], {contract.input_name: tensor})
-            score = _probability(outputs[0], contract.output_transform, contract.output_index)
+            if contract.aggregation == "none":
+                tensor = load_cxr_tensor(instance_paths, contract)
+                outputs = loaded.session.run([loaded.output_name], {contract.input_name: tensor})
+                score = _probability(outputs[0], contract.output_transform, contract.output_index)
+            else:
+                tensor = load_ct_volume(instance_paths, contract)
+                score = _aggregate(
+                    [
+                        _probability(raw, contract.output_transform, contract.output_index)
+                        for raw in _run_slices(loaded, contract.input_name, tensor)
+                    ],
+                    contract.aggregation,
+                )
         except GatewayError:
             raise
         except Exception as exc:
@@ -101,12 +148,13 @@ class OnnxStudyScorer:
         except ModelUnavailable as exc:
             return {
                 "status": "unavailable",
+                "use_case": "",
                 "model": self._model_name,
                 "alias": self._alias,
                 "reason": exc.message,
             }
         return {
-            "status": "ready",
+            "status": "ok",
             "model": loaded.model.name,
             "alias": self._alias,
             "version": loaded.model.version,
@@ -127,10 +175,25 @@ class OnnxStudyScorer:
                     # Fail closed: a version that can no longer be verified is not served.
                     self._loaded = None
                     self._reason = exc.message
+                    self._notice(None, exc.message)
                     raise
+                self._notice(self._loaded.model.identity() if self._loaded else None, "")
             if self._loaded is None:
                 raise ModelUnavailable(self._reason)
             return self._loaded
+
+    def _notice(self, served: ModelIdentity | None, reason: str) -> None:
+        """Tell the listener when the served version changes (including to none)."""
+        if served == self._served:
+            return
+        previous, self._served = self._served, served
+        self.alias_changes += 1
+        if self._on_alias_change is not None:
+            try:
+                self._on_alias_change(previous, served, reason)
+            except Exception:
+                # Auditing the change must not stop scoring; the failure is logged.
+                log.exception("recording the alias change of %s failed", self._model_name)
 
     def _refresh(self) -> None:
         try:
@@ -146,7 +209,7 @@ class OnnxStudyScorer:
             resolved.version,
             resolved.sha256,
         ):
-            self._loaded = _Loaded(resolved, current.session, current.output_name)
+            self._loaded = _Loaded(resolved, current.session, current.output_name, current.batched)
             return
         self._loaded = self._load(resolved)
 
@@ -181,4 +244,5 @@ class OnnxStudyScorer:
             raise ModelUnavailable(
                 f"onnxruntime cannot load {resolved.name} v{resolved.version}: {exc}"
             ) from exc
-        return _Loaded(resolved, session, output_name)
+        batched = not isinstance(session.get_inputs()[0].shape[0], int)
+        return _Loaded(resolved, session, output_name, batched)

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-import scoring.demo_model
-from gateway.domain.errors import GatewayError, ModelUnavailable
+from gateway.domain.errors import ModelUnavailable
 from scoring.contract import CONTRACT_ARTIFACT
 from scoring.demo_model import DEMO_CONTRACT, DemoModel
-from scoring.registry import SHA256_TAG, ModelRegistry, setup_demo
+from scoring.registry import SHA256_TAG, ModelRegistry
 
 NAME = "cxr-pneumothorax"
 
@@ -88,46 +87,3 @@ def test_version_without_hash_tag_is_refused(
     registry.client().delete_model_version_tag(NAME, version, SHA256_TAG)
     with pytest.raises(ModelUnavailable, match="no registered onnx_sha256"):
         registry.resolve(NAME)
-
-
-def test_setup_demo_is_idempotent_on_a_fresh_store(
-    tmp_path: Path, demo_model: DemoModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    builds: list[int] = []
-
-    def build() -> DemoModel:
-        builds.append(1)
-        return demo_model
-
-    monkeypatch.setattr(scoring.demo_model, "build_demo_model", build)
-    data_dir = tmp_path / "var"
-    uri = f"sqlite:///{data_dir}/mlflow/mlflow.db"  # the directory does not exist yet
-
-    first = setup_demo(uri, data_dir)
-    second = setup_demo(uri, data_dir)
-    assert first == second
-    assert (first.version, first.sha256) == ("1", demo_model.sha256)
-    assert len(builds) == 1
-    registry = ModelRegistry(uri)
-    tags = registry.version_tags(NAME, first.version)
-    assert tags["approved_by"] == "Practitioner/demo-approver"
-    assert tags["promotion"] == "demo-setup"
-
-    registry.client().delete_registered_model_alias(NAME, "production")
-    third = setup_demo(uri, data_dir)
-    assert third.version == "1"  # same bytes: no second registration
-    assert [v.version for v in registry.client().search_model_versions(f"name = '{NAME}'")] == [1]
-
-
-def test_setup_demo_leaves_a_governed_production_version_alone(
-    tracking_uri: str,
-    registry: ModelRegistry,
-    demo_model: DemoModel,
-    demo_onnx: Path,
-    tmp_path: Path,
-) -> None:
-    registry.set_alias(NAME, "production", _register(registry, demo_model, demo_onnx))
-    with pytest.raises(GatewayError, match="not set up by the demo") as caught:
-        setup_demo(tracking_uri, tmp_path)
-    assert caught.value.code == "conflict"
-    assert registry.resolve(NAME).version == "1"
