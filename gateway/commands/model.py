@@ -15,11 +15,14 @@ from typing import Any
 
 from gateway.settings import Settings
 
+STDIN_MARK = "-"  # `--token -` reads the token from standard input
+
 
 def _actor(args: argparse.Namespace, settings: Settings) -> Any:
     from gateway.auth.tokens import TokenValidator
 
-    token = sys.stdin.readline().strip() if args.token == "-" else str(args.token)
+    read_stdin = args.token == STDIN_MARK
+    token = sys.stdin.readline().strip() if read_stdin else str(args.token)
     return TokenValidator(settings).validate(token).actor
 
 

@@ -76,7 +76,7 @@ def test_output_records_model_and_input_hash(
     assert out.label == "pneumothorax"
     assert out.input_hash == tensor_hash(load_cxr_tensor(paths, DEMO_CONTRACT))
     assert scorer.describe() == {
-        "status": "ready",
+        "status": "ok",
         "model": NAME,
         "alias": "production",
         "version": "1",
