@@ -68,6 +68,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     stop = stop or asyncio.Event()
     engine = make_engine(settings.database_url)
     if current_revision(engine) is None:
+    from gateway.listeners.dicomweb import register_dicomweb
         raise SystemExit("the database is not migrated: run `hitl-gateway db upgrade` first")
     worker = worker_identity()
     settings.storage.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -134,6 +135,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             settings.http.host,
             settings.http.port,
             engine.url.render_as_string(hide_password=True),
+    register_dicomweb(app, recorder)
         )
         print("READY", flush=True)  # readiness line for supervisors and tests
         await stop.wait()

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from gateway.audit.trail import record_event
+from gateway.domain.model import Actor
 from gateway.ingest import IngestOutcome, sender_actor
 from gateway.pipeline import Event, PipelineEvent
 
@@ -34,6 +35,7 @@ class TransferTally:
     calling_ae: str
     peer_address: str = ""
     transport: str = "DIMSE"
+    actor: Actor | None = None  # the authenticated principal (STOW-RS); else the calling AE
     counts: Counter[str] = field(default_factory=Counter)
     patients: set[str] = field(default_factory=set)
     studies: set[str] = field(default_factory=set)
@@ -74,7 +76,7 @@ class TransferTally:
         }
         return PipelineEvent(
             kind=Event.INSTANCES_TRANSFERRED,
-            actor=sender_actor(self.calling_ae, self.peer_address),
+            actor=self.actor or sender_actor(self.calling_ae, self.peer_address),
             occurred_at=now,
             outcome="4" if refused else "0",
             outcome_desc=f"{refused} instance(s) refused" if refused else "",

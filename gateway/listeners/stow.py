@@ -1,0 +1,215 @@
+"""STOW-RS Store Instances (PS3.18 10.5): a streamed multipart/related body into the spool.
+
+Each part is copied to a file beside the spool in chunks as it arrives, so memory stays bounded
+whatever the request or instance size; the file is then recorded exactly as a C-STORE would be
+(same parser, same recorder, same duplicate and version rules). The response is the Store
+Instances Response Module in application/dicom+json with the HTTP status of PS3.18 10.5.3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from aiohttp.helpers import parse_mimetype
+
+from gateway.dicom_services import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from gateway.domain.errors import InvalidInput, OutOfResources
+from gateway.ingest import IngestOutcome, InstanceRecorder, ParsedHeader, parse_header
+from gateway.transfer_audit import TransferTally, audit_transfer
+
+log = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+CHUNK = 1024 * 1024
+STOW_SENDER = "STOW-RS"
+
+
+class FailureReason:
+    """FailureReason (0008,1197) values used (PS3.18 Annex I, PS3.4 Table B.2-1)."""
+
+    PROCESSING_FAILURE = 0x0110
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    OUT_OF_RESOURCES = 0xA700
+    # A data set that does not belong where it was sent: another study than the target URL.
+    DOES_NOT_MATCH = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+
+
+WARNING_COERCION = 0xB000
+
+
+@dataclass(frozen=True, slots=True)
+class PartResult:
+    """What became of one part of the request."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    failure: int | None = None
+    warning: int | None = None
+    retrieve_url: str = ""
+
+
+class TooLarge(Exception):
+    """The request or one instance exceeds the configured limit (413)."""
+
+
+class StowRequest:
+    """One Store Instances transaction: parts in, Store Instances Response out."""
+
+    def __init__(
+        self,
+        recorder: InstanceRecorder,
+        incoming: Path,
+        base_url: str,
+        study_uid: str,
+        tally: TransferTally,
+        *,
+        max_instance_bytes: int,
+        max_request_bytes: int,
+    ) -> None:
+        self._recorder = recorder
+        self._incoming = incoming
+        self._base = base_url.rstrip("/")
+        self._study_uid = study_uid
+        self._tally = tally
+        self._max_instance = max_instance_bytes
+        self._max_request = max_request_bytes
+        self._received = 0
+        self.results: list[PartResult] = []
+
+    async def consume(self, request: web.Request) -> None:
+        """Read every part; raises TooLarge or ValueError (malformed multipart)."""
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                return
+            if not isinstance(part, BodyPartReader):
+                raise ValueError("nested multipart bodies are not accepted")
+            media = parse_mimetype(part.headers.get("Content-Type", "application/dicom"))
+            if (media.type, media.subtype) != ("application", "dicom"):
+                await part.release()
+                self.results.append(PartResult("", "", FailureReason.CANNOT_UNDERSTAND))
+                continue
+            path = await self._receive(part)
+            try:
+                self.results.append(await asyncio.to_thread(self._store, path, request.remote))
+            finally:
+                path.unlink(missing_ok=True)
+
+    async def _receive(self, part: BodyPartReader) -> Path:
+        self._incoming.mkdir(parents=True, exist_ok=True)
+        path = self._incoming / f".stow-{secrets.token_hex(8)}.part"
+        size = 0
+        try:
+            with path.open("xb") as out:
+                while chunk := await part.read_chunk(CHUNK):
+                    size += len(chunk)
+                    self._received += len(chunk)
+                    if size > self._max_instance or self._received > self._max_request:
+                        raise TooLarge("the instance or the request exceeds the size limit")
+                    out.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    def _store(self, path: Path, peer: str | None) -> PartResult:
+        try:
+            header = parse_header(path)
+        except InvalidInput as exc:
+            return self._refused("", "", FailureReason.CANNOT_UNDERSTAND, exc.message, peer)
+        cls, sop = header.sop_class_uid, header.sop_instance_uid
+        if cls not in STORAGE_SOP_CLASSES:
+            return self._refused(cls, sop, FailureReason.SOP_CLASS_NOT_SUPPORTED, "", peer)
+        if header.transfer_syntax_uid not in TRANSFER_SYNTAXES:
+            reason = FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED
+            return self._refused(cls, sop, reason, header.transfer_syntax_uid, peer)
+        if self._study_uid and header.study_instance_uid != self._study_uid:
+            reason = FailureReason.DOES_NOT_MATCH
+            return self._refused(cls, sop, reason, "instance of another study", peer)
+        try:
+            outcome = self._recorder.record(path, header, STOW_SENDER, peer_address=peer or "")
+        except OutOfResources as exc:
+            return self._refused(cls, sop, FailureReason.OUT_OF_RESOURCES, exc.message, peer)
+        except Exception:
+            log.exception("STOW-RS: storing %s failed", sop)
+            return self._refused(cls, sop, FailureReason.PROCESSING_FAILURE, "", peer)
+        self._tally.stored(outcome)
+        return self._stored(header, outcome)
+
+    def _stored(self, header: ParsedHeader, outcome: IngestOutcome) -> PartResult:
+        url = (
+            f"{self._base}/dicomweb/studies/{header.study_instance_uid}"
+            f"/series/{header.series_instance_uid}/instances/{header.sop_instance_uid}"
+        )
+        return PartResult(
+            header.sop_class_uid,
+            header.sop_instance_uid,
+            warning=WARNING_COERCION if outcome.is_warning else None,
+            retrieve_url=url,
+        )
+
+    def _refused(self, cls: str, sop: str, reason: int, text: str, peer: str | None) -> PartResult:
+        self._tally.refused()
+        detail = {"status": f"0x{reason:04X}", "sop-instance-uid": sop, "sop-class-uid": cls}
+        with contextlib.suppress(Exception):  # the failure is answered either way; logged below
+            self._recorder.record_refusal(
+                STOW_SENDER, text or f"STOW-RS failure 0x{reason:04X}", peer_address=peer or "",
+                detail=detail,
+            )  # fmt: skip
+        return PartResult(cls, sop, failure=reason)
+
+    def response(self) -> tuple[int, dict[str, Any]]:
+        """HTTP status and Store Instances Response (PS3.18 10.5.3)."""
+        stored = [r for r in self.results if r.failure is None]
+        failed = [r for r in self.results if r.failure is not None]
+        body: dict[str, Any] = {}
+        studies = {r.retrieve_url.split("/series/")[0] for r in stored}
+        if len(studies) == 1:
+            body["00081190"] = {"vr": "UR", "Value": [studies.pop()]}
+        if failed:
+            body["00081198"] = {"vr": "SQ", "Value": [_failed_item(r) for r in failed]}
+        if stored:
+            body["00081199"] = {"vr": "SQ", "Value": [_referenced_item(r) for r in stored]}
+        if not self.results:
+            return 400, body
+        if not stored:
+            return 409, body
+        warned = any(r.warning is not None for r in stored)
+        return (202 if failed or warned else 200), body
+
+    def audit(self) -> None:
+        """The DICOM Instances Transferred summary of this request."""
+        audit_transfer(self._recorder.engine, self._tally)
+
+
+def _uid(value: str) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def _failed_item(result: PartResult) -> dict[str, Any]:
+    return {
+        "00081150": _uid(result.sop_class_uid),
+        "00081155": _uid(result.sop_instance_uid),
+        "00081197": {"vr": "US", "Value": [result.failure]},
+    }
+
+
+def _referenced_item(result: PartResult) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "00081150": _uid(result.sop_class_uid),
+        "00081155": _uid(result.sop_instance_uid),
+        "00081190": {"vr": "UR", "Value": [result.retrieve_url]},
+    }
+    if result.warning is not None:
+        item["00081196"] = {"vr": "US", "Value": [result.warning]}
+    return item

@@ -1,0 +1,230 @@
+"""STOW-RS over a real socket: dicomweb-client as the sender, plain multipart POSTs for the faults.
+
+PS3.18 10.5: 200 all stored; 202 some failed or warned (FailedSOPSequence with FailureReason);
+409 none stored; 400 bad syntax; 415 other media types; 413 over the size limit. Stored
+instances are listed in ReferencedSOPSequence with their RetrieveURL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from dicomweb_client.api import DICOMwebClient
+from pydicom.uid import generate_uid
+from sqlalchemy import Engine, select
+
+from gateway.audit.trail import ensure_head
+from gateway.auth.issuer import mint_token
+from gateway.auth.tokens import TokenValidator
+from gateway.ingest import InstanceRecorder
+from gateway.listeners.dicomweb import register_dicomweb
+from gateway.listeners.http import build_http_app
+from gateway.persistence.db import make_engine
+from gateway.persistence.tables import audit_log, instances, metadata
+from gateway.review_service import ReviewService
+from gateway.settings import HttpSettings, Settings, StorageSettings
+from gateway.spool import Spool
+from tests.unit.test_assembly import write_dicom
+
+pytestmark = pytest.mark.integration
+
+BOUNDARY = "stow-boundary-1a2b3c"
+RELATED = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+@dataclass
+class Gateway:
+    """A running HTTP listener with DICOMweb and what it writes to."""
+
+    client: TestClient[Any, Any]
+    engine: Engine
+    settings: Settings
+    spool: Spool
+
+    @property
+    def url(self) -> str:
+        """The DICOMweb base."""
+        return str(self.client.make_url("/dicomweb")).rstrip("/")
+
+    def token(self, role: str = "pacs") -> str:
+        """A bearer token of `role`."""
+        user = "Device/pacs-1" if role == "pacs" else "Practitioner/dr-1"
+        return mint_token(self.settings, role=role, user=user)
+
+    def rows(self) -> list[Any]:
+        """Instance rows."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(instances)))
+
+    def audit_text(self) -> str:
+        """Every audit record, as one text."""
+        with self.engine.connect() as conn:
+            return "\n".join(conn.execute(select(audit_log.c.resource)).scalars())
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A SQLite database with the gateway's tables."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'gw.db'}")
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        ensure_head(conn)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def gw(engine: Engine, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """The HTTP app with a small FHIR body limit (so buffering a STOW body would fail)."""
+    settings = Settings(
+        storage=StorageSettings(data_dir=tmp_path / "var"),
+        http=HttpSettings(
+            base_url="http://127.0.0.1:8080",
+            max_body_bytes=64 * 1024,
+            stow_max_instance_bytes=8 * 1024 * 1024,
+        ),
+    )
+    spool = Spool(settings.storage.spool_dir, 40 * 1024 * 1024, min_free_bytes=0)
+    app = build_http_app(
+        settings,
+        engine,
+        ReviewService(engine, settings),
+        TokenValidator(settings),
+        lambda: {"status": "ready"},
+    )
+    register_dicomweb(app, InstanceRecorder(engine, spool, settings))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield Gateway(client, engine, settings, spool)
+
+
+def _body(*parts: bytes, content_type: str = "application/dicom") -> bytes:
+    out = io.BytesIO()
+    for part in parts:
+        out.write(f"--{BOUNDARY}\r\nContent-Type: {content_type}\r\n\r\n".encode())
+        out.write(part)
+        out.write(b"\r\n")
+    out.write(f"--{BOUNDARY}--\r\n".encode())
+    return out.getvalue()
+
+
+async def _post(gw: Gateway, body: bytes, path: str = "/dicomweb/studies", **headers: str) -> Any:
+    return await gw.client.post(
+        path,
+        data=body,
+        headers={"Authorization": f"Bearer {gw.token()}", "Content-Type": RELATED, **headers},
+    )
+
+
+def _seq(document: dict[str, Any], tag: str) -> list[dict[str, Any]]:
+    return list(document.get(tag, {}).get("Value", []))
+
+
+async def test_dicomweb_client_stores_a_study_and_gets_retrieve_urls(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    study = generate_uid()
+    datasets = [pydicom.dcmread(write_dicom(tmp_path / f"{n}.dcm", study)) for n in range(3)]
+    client = DICOMwebClient(url=gw.url, headers={"Authorization": f"Bearer {gw.token()}"})
+    response = await asyncio.to_thread(client.store_instances, datasets)
+    referenced = _seq(response.to_json_dict(), "00081199")
+    assert len(referenced) == 3
+    for item, ds in zip(referenced, datasets, strict=True):
+        assert item["00081155"]["Value"] == [ds.SOPInstanceUID]
+        assert item["00081190"]["Value"] == [
+            f"http://127.0.0.1:8080/dicomweb/studies/{study}/series/"
+            f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+        ]
+    assert len(gw.rows()) == 3
+    assert "instances-transferred" in gw.audit_text()
+    assert "Device/pacs-1" in gw.audit_text()
+
+
+async def test_statuses_of_ps3_18(gw: Gateway, tmp_path: Path) -> None:
+    study = generate_uid()
+    good = write_dicom(tmp_path / "good.dcm", study).read_bytes()
+    other = write_dicom(tmp_path / "other.dcm", generate_uid()).read_bytes()
+    garbage = b"\x00" * 128 + b"DICM" + b"\xff" * 200
+
+    response = await _post(gw, _body(good))
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/dicom+json"
+
+    # Partly stored: an instance of another study and garbage fail, one new instance is stored.
+    second = write_dicom(tmp_path / "second.dcm", study).read_bytes()
+    response = await _post(gw, _body(second, other, garbage), f"/dicomweb/studies/{study}")
+    assert response.status == 202
+    document = await response.json(content_type=None)
+    reasons = sorted(item["00081197"]["Value"][0] for item in _seq(document, "00081198"))
+    assert reasons == [0xA900, 0xC000]
+    assert len(_seq(document, "00081199")) == 1
+
+    # Nothing stored although well formed: 409.
+    response = await _post(gw, _body(garbage), f"/dicomweb/studies/{study}")
+    assert response.status == 409
+
+    # The same instance again, conflicting content: stored as a new version with a warning.
+    changed = pydicom.dcmread(io.BytesIO(good))
+    changed.PixelData = bytes(len(changed.PixelData))
+    buffer = io.BytesIO()
+    changed.save_as(buffer)
+    response = await _post(gw, _body(buffer.getvalue()))
+    assert response.status == 202
+    item = _seq(await response.json(content_type=None), "00081199")[0]
+    assert item["00081196"]["Value"] == [0xB000]
+
+    response = await gw.client.post(
+        "/dicomweb/studies",
+        data=good,
+        headers={"Authorization": f"Bearer {gw.token()}", "Content-Type": "application/dicom"},
+    )
+    assert response.status == 415
+    response = await _post(gw, b"--nonsense without a closing boundary")
+    assert response.status == 400
+    assert len(gw.rows()) == 3
+
+
+async def test_size_limits_and_a_streamed_body_larger_than_the_buffer_limit(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    path = write_dicom(tmp_path / "big.dcm", generate_uid())
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 1000, 2048
+    ds.PixelData = os.urandom(2048 * 1000)
+    ds.save_as(path)
+    # 2 MB through an app that refuses bodies over 64 KiB when buffered: the body is streamed.
+    response = await _post(gw, _body(path.read_bytes()))
+    assert response.status == 200, await response.text()
+    ds.PixelData = os.urandom(2048 * 1000 * 5)
+    ds.Rows = 5000
+    ds.SOPInstanceUID = generate_uid()
+    ds.save_as(path)
+    response = await _post(gw, _body(path.read_bytes()))
+    assert response.status == 413
+    assert len(gw.rows()) == 1
+    incoming = gw.settings.storage.spool_dir / ".incoming"
+    assert list(incoming.iterdir()) == []
+
+
+async def test_stow_needs_the_pacs_principal(gw: Gateway, tmp_path: Path) -> None:
+    body = _body(write_dicom(tmp_path / "a.dcm", generate_uid()).read_bytes())
+    response = await gw.client.post(
+        "/dicomweb/studies", data=body, headers={"Content-Type": RELATED}
+    )
+    assert response.status == 401
+    response = await gw.client.post(
+        "/dicomweb/studies",
+        data=body,
+        headers={"Content-Type": RELATED, "Authorization": f"Bearer {gw.token('reviewer')}"},
+    )
+    assert response.status == 403
+    assert gw.rows() == []
+    assert "instances-transferred" not in gw.audit_text()
