@@ -254,6 +254,40 @@ class AuthSettings:
     )
 
 
+MIN_RETENTION_YEARS = 6  # HIPAA 45 CFR 164.316(b)(2) documentation retention
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    """Audit trail: signed checkpoints and retention."""
+
+    retention_years: int = field(
+        default=6,
+        metadata=_doc("Years audit records are kept before a purge may remove them (at least 6)."),
+    )
+    checkpoint_every_records: int = field(
+        default=1000, metadata=_doc("Sign a checkpoint after this many new audit records.")
+    )
+    checkpoint_every_seconds: float = field(
+        default=300.0,
+        metadata=_doc("Sign a checkpoint at least this often (seconds) while records arrive."),
+    )
+    keys_dir: str = field(
+        default="",
+        metadata=_doc("Directory of the Ed25519 audit signing keys; empty: <data_dir>/keys/audit."),
+    )
+
+    def __post_init__(self) -> None:
+        """Refuse a retention below the legal minimum and meaningless checkpoint intervals."""
+        if self.retention_years < MIN_RETENTION_YEARS:
+            raise SettingsError(
+                f"audit.retention_years {self.retention_years} is below the minimum of "
+                f"{MIN_RETENTION_YEARS} years"
+            )
+        if self.checkpoint_every_records < 1 or self.checkpoint_every_seconds <= 0:
+            raise SettingsError("audit checkpoint intervals must be positive")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """All settings of one gateway process."""
@@ -268,6 +302,7 @@ class Settings:
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     @property
     def database_url(self) -> str:

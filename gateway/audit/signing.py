@@ -161,3 +161,8 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def keys_dir_for(data_dir: Path, configured: str) -> Path:
+    """The signing-key directory: `audit.keys_dir`, else `<data_dir>/keys/audit`."""
+    return Path(configured) if configured else data_dir / "keys" / "audit"

@@ -170,6 +170,13 @@ def index_entries(resource_type: str, document: dict[str, Any]) -> list[tuple[st
             found.add(("subtype", str(coding.get("code", ""))))
         if document.get("action"):
             found.add(("action", str(document["action"])))
+        details = {
+            str(d.get("type")): str(d.get("valueString", ""))
+            for entity in document.get("entity", ())
+            for d in entity.get("detail", ())
+        }
+        if details.get("model-name") and details.get("model-version"):
+            found.add(("model", f"{details['model-name']}:{details['model-version']}"[:255]))
     else:
         for target in document.get("target", ()):
             reference("target", target)

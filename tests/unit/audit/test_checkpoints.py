@@ -66,7 +66,8 @@ def test_checkpoints_sign_the_chain_and_verify(audit_engine: Engine, keyring: Au
         events = trail.search(conn, "AuditEvent", limit=100)
     key_id, payload = verify_jws(second.jws, keyring.public_jwks())
     assert key_id == first.key_id == second.key_id
-    assert payload["previous"] and payload["seq"] == 9
+    assert payload["previous"]
+    assert payload["seq"] == 9
     signed = [e for e in events if "checkpoint-signed" in json.dumps(e)]
     assert len(signed) == 2
 
@@ -107,7 +108,8 @@ def test_forged_or_missing_checkpoints_are_detected(
     with audit_engine.begin() as conn:
         conn.execute(audit_checkpoint.update().where(audit_checkpoint.c.number == 2).values(seq=8))
     report = verify_chain(audit_engine, public_keys=jwks)
-    assert not report.ok and "checkpoint 2 differs from what it signed" in report.reason
+    assert not report.ok
+    assert "checkpoint 2 differs from what it signed" in report.reason
     other = AuditKeyring(keyring.directory.parent / "other").active()
     with audit_engine.begin() as conn:
         row = conn.execute(select(audit_checkpoint).where(audit_checkpoint.c.number == 2)).one()
@@ -118,11 +120,13 @@ def test_forged_or_missing_checkpoints_are_detected(
             .values(jws=other.sign_jws({**payload, "keyId": row.key_id}))
         )
     report = verify_chain(audit_engine, public_keys=jwks)
-    assert not report.ok and "signature is invalid" in report.reason
+    assert not report.ok
+    assert "signature is invalid" in report.reason
     with audit_engine.begin() as conn:
         conn.execute(audit_checkpoint.delete().where(audit_checkpoint.c.number == 1))
     report = verify_chain(audit_engine, public_keys=jwks)
-    assert not report.ok and "checkpoint 1 is missing" in report.reason
+    assert not report.ok
+    assert "checkpoint 1 is missing" in report.reason
 
 
 def test_truncating_everything_after_a_checkpoint_is_detected(
@@ -135,7 +139,8 @@ def test_truncating_everything_after_a_checkpoint_is_detected(
         conn.execute(text("UPDATE audit_head SET seq = 0, hash = :h"), {"h": trail.GENESIS_HASH})
     report = verify_chain(audit_engine, public_keys=keyring.public_jwks())
     assert not report.ok
-    assert report.first_bad_seq == 1 and "records truncated" in report.reason
+    assert report.first_bad_seq == 1
+    assert "records truncated" in report.reason
 
 
 def test_rotation_keeps_old_checkpoints_verifiable(
@@ -154,7 +159,8 @@ def test_rotation_keeps_old_checkpoints_verifiable(
     assert set(report.key_ids) == {old, new}
     only_new = {"keys": [k for k in jwks["keys"] if k["kid"] == new]}
     report = verify_chain(audit_engine, public_keys=only_new)
-    assert not report.ok and f"key '{old}' is not in the public key set" in report.reason
+    assert not report.ok
+    assert f"key '{old}' is not in the public key set" in report.reason
     with pytest.raises(SignatureError):
         verify_jws("not.a.jws", jwks)
 
@@ -167,16 +173,19 @@ def test_periodic_checkpoints_follow_the_policy(
     assert checkpoint_if_due(audit_engine, keyring, policy, now) is None  # nothing to sign
     _append(audit_engine, 2)
     first = checkpoint_if_due(audit_engine, keyring, policy, now)  # the first is due at once
-    assert first is not None and first.seq == 2
+    assert first is not None
+    assert first.seq == 2
     _append(audit_engine, 3)
     assert checkpoint_if_due(audit_engine, keyring, policy, now) is None
     _append(audit_engine, 2)
     by_count = checkpoint_if_due(audit_engine, keyring, policy, now)
-    assert by_count is not None and by_count.seq == 8
+    assert by_count is not None
+    assert by_count.seq == 8
     _append(audit_engine, 1)
     assert checkpoint_if_due(audit_engine, keyring, policy, now + timedelta(seconds=30)) is None
     by_time = checkpoint_if_due(audit_engine, keyring, policy, now + timedelta(seconds=61))
-    assert by_time is not None and by_time.seq == 10
+    assert by_time is not None
+    assert by_time.seq == 10
     assert verify_chain(audit_engine, public_keys=keyring.public_jwks()).ok
 
 
