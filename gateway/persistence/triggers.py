@@ -109,9 +109,9 @@ _GUARDED = ("audit_checkpoint", "audit_purge")
 
 SQLITE_RETENTION_INSTALL: tuple[str, ...] = (
     "DROP TRIGGER IF EXISTS audit_log_no_delete",
-    f"""CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    """CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 WHEN OLD.seq > COALESCE((SELECT MAX(through_seq) FROM audit_purge), 0)
-BEGIN SELECT RAISE(ABORT, '{_REFUSED}: DELETE on audit_log refused'); END""",
+BEGIN SELECT RAISE(ABORT, 'audit trail is append-only: DELETE on audit_log refused'); END""",
     *(
         statement
         for table in _GUARDED
@@ -131,12 +131,12 @@ SQLITE_RETENTION_DROP: tuple[str, ...] = (
 )
 
 POSTGRESQL_RETENTION_INSTALL: tuple[str, ...] = (
-    f"""CREATE OR REPLACE FUNCTION audit_log_delete_guard() RETURNS trigger
+    """CREATE OR REPLACE FUNCTION audit_log_delete_guard() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
     IF OLD.seq > COALESCE((SELECT MAX(through_seq) FROM audit_purge), 0) THEN
         RAISE EXCEPTION USING
-            MESSAGE = '{_REFUSED}: DELETE on audit_log refused',
+            MESSAGE = 'audit trail is append-only: DELETE on audit_log refused',
             ERRCODE = 'insufficient_privilege';
     END IF;
     RETURN OLD;
