@@ -41,7 +41,7 @@ from gateway.audit.activity import activity_event
 from gateway.audit.checkpoint import latest
 from gateway.audit.compliance import ComplianceTally
 from gateway.audit.signing import AuditKeyring
-from gateway.audit.trail import append
+from gateway.audit.trail import append, index_param
 from gateway.audit.verify import verify_chain
 from gateway.domain.errors import InvalidInput
 from gateway.domain.model import Actor
@@ -286,7 +286,10 @@ def _models(
             texts = conn.execute(
                 select(audit_log.c.resource)
                 .join(audit_index, audit_index.c.seq == audit_log.c.seq)
-                .where(audit_index.c.param == "model", audit_index.c.value == f"{name}:{version}")
+                .where(
+                    audit_index.c.param == index_param("AuditEvent", "model"),
+                    audit_index.c.value == f"{name}:{version}",
+                )
                 .order_by(audit_log.c.seq)
             ).scalars()
             governance = []

@@ -141,9 +141,22 @@ def append(
         if entries:
             conn.execute(
                 insert(audit_index),
-                [{"param": p, "value": v, "recorded": recorded, "seq": seq} for p, v in entries],
+                [
+                    {
+                        "param": index_param(resource_type, p),
+                        "value": v,
+                        "recorded": recorded,
+                        "seq": seq,
+                    }
+                    for p, v in entries
+                ],
             )
     return AppendedRecord(seq, digest, resource_type, document["id"])
+
+
+def index_param(resource_type: str, name: str) -> str:
+    """The `audit_index.param` of a search parameter: `ae.agent`, `pv.target`, ..."""
+    return f"{'ae' if resource_type == 'AuditEvent' else 'pv'}.{name}"
 
 
 def index_entries(resource_type: str, document: dict[str, Any]) -> list[tuple[str, str]]:
