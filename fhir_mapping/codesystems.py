@@ -20,6 +20,7 @@ OUTPUT_TYPE_SYSTEM = f"{BASE}/review-output-type"
 INPUT_TYPE_SYSTEM = f"{BASE}/review-input-type"
 TASK_CODE_SYSTEM = f"{BASE}/review-task-code"
 BUSINESS_STATUS_SYSTEM = f"{BASE}/review-business-status"
+REVIEW_POOL_SYSTEM = f"{BASE}/review-pool"
 
 TASK_STATUS_SYSTEM = "http://hl7.org/fhir/task-status"
 PRIORITY_SYSTEM = "http://hl7.org/fhir/request-priority"
@@ -142,6 +143,10 @@ INPUT_TYPES: Mapping[str, Concept] = {
         Concept("secondary-review-threshold", "Secondary review threshold",
                 "Score at or above which a rejected flag goes to a secondary reviewer."),
         Concept("use-case", "Use case", "The routed use case, e.g. cxr-pneumothorax."),
+        Concept("first-reviewer", "First reviewer",
+                "The reviewer whose reject a secondary review re-examines."),
+        Concept("first-decision", "First decision",
+                "The first reviewer's decision and rationale, for the secondary reviewer."),
     )
 }  # fmt: skip
 
@@ -158,6 +163,23 @@ BUSINESS_STATUSES: Mapping[str, Concept] = {
         Concept("approved", "Approved", "The reviewer approved the flag."),
         Concept("overridden", "Overridden", "The reviewer set the priority and finding."),
         Concept("rejected", "Rejected", "The reviewer rejected the flag."),
+        Concept("secondary-review", "Secondary review",
+                "A high-confidence flag was rejected; a second reviewer decides."),
+        Concept("reassigned-overdue", "Reassigned (overdue)",
+                "The deadline passed; the Task went to the backup pool (counted as abandoned)."),
+        Concept("escalated-by-reviewer", "Escalated by reviewer",
+                "A reviewer asked for review of a study the model did not flag."),
+    )
+}  # fmt: skip
+
+REVIEW_POOLS: Mapping[str, Concept] = {
+    c.code: c
+    for c in (
+        Concept("reviewer", "Reviewer pool", "Reviewers of AI flags (role reviewer)."),
+        Concept("secondary-reviewer", "Secondary reviewer pool",
+                "Second reviewers of rejected high-confidence flags (role secondary-reviewer)."),
+        Concept("backup-reviewer", "Backup reviewer pool",
+                "Reviewers who take over Tasks past their deadline (role reviewer)."),
     )
 }  # fmt: skip
 
@@ -193,6 +215,7 @@ _TABLES: Mapping[str, tuple[str, Mapping[str, Concept] | Mapping[str, Rationale]
     INPUT_TYPE_SYSTEM: ("review-input-type", INPUT_TYPES),
     TASK_CODE_SYSTEM: ("review-task-code", TASK_CODES),
     BUSINESS_STATUS_SYSTEM: ("review-business-status", BUSINESS_STATUSES),
+    REVIEW_POOL_SYSTEM: ("review-pool", REVIEW_POOLS),
 }
 
 

@@ -122,3 +122,35 @@ def ensure_valid(resource: dict[str, Any]) -> dict[str, Any]:
     if not resource.get("target") or not resource.get("agent"):
         raise ValueError("Provenance needs target and agent")
     return resource
+
+
+def workflow_provenance(
+    *,
+    provenance_id: str,
+    task_ref_versioned: str,
+    actor_ref: str,
+    activity: str,
+    when: datetime,
+    sources: tuple[str, ...] = (),
+    prior_task_version_ref: str = "",
+    gateway_device_ref: str = "Device/hitl-gateway",
+) -> dict[str, Any]:
+    """Provenance of a workflow change to a Task (claim, secondary review, reassignment)."""
+    agents: list[dict[str, Any]] = [{"type": AUTHOR, "who": {"reference": actor_ref}}]
+    if actor_ref != gateway_device_ref:
+        agents.append({"type": CUSTODIAN, "who": {"reference": gateway_device_ref}})
+    entities: list[dict[str, Any]] = [{"role": "source", "what": {"reference": s}} for s in sources]
+    if prior_task_version_ref:
+        entities.append({"role": "revision", "what": {"reference": prior_task_version_ref}})
+    resource: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "id": provenance_id,
+        "target": [{"reference": task_ref_versioned}],
+        "occurredDateTime": fhir_instant(when),
+        "recorded": fhir_instant(when),
+        "activity": _activity(activity),
+        "agent": agents,
+    }
+    if entities:
+        resource["entity"] = entities
+    return ensure_valid(resource)

@@ -33,6 +33,13 @@ class Event(enum.StrEnum):
     WORKLIST_DELIVERED = "worklist-delivered"
     WORKLIST_DEAD_LETTERED = "worklist-dead-lettered"
     AUTHENTICATION_FAILED = "authentication-failed"
+    REVIEW_STATUS_CHANGED = "review-status-changed"
+    SECONDARY_REVIEW_REQUESTED = "secondary-review-requested"
+    REVIEW_ESCALATED = "review-escalated"
+    REVIEW_OVERDUE = "review-overdue"
+    REVIEWER_CREDENTIALED = "reviewer-credentialed"
+    SAFETY_DECISION_RECORDED = "safety-decision-recorded"
+    AUTHORIZATION_FAILED = "authorization-failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +155,55 @@ PIPELINE: dict[Event, Stage] = {
             "gateway.listeners.http",
             "none: 401/403 answered",
             (DCM, "110114", "User Authentication"),
+            "E",
+        ),
+        Stage(
+            Event.REVIEW_STATUS_CHANGED,
+            "gateway.review_service",
+            "reviewer: complete the claimed (or released) Task",
+            (REST, "rest", "RESTful Operation"),
+            "U",
+        ),
+        Stage(
+            Event.SECONDARY_REVIEW_REQUESTED,
+            "gateway.secondary_review",
+            "secondary reviewer: complete the secondary-review Task",
+            (REST, "rest", "RESTful Operation"),
+            "C",
+        ),
+        Stage(
+            Event.REVIEW_ESCALATED,
+            "gateway.escalation",
+            "reviewer: complete the escalation Task (or worklist, when decided at once)",
+            (REST, "rest", "RESTful Operation"),
+            "C",
+        ),
+        Stage(
+            Event.REVIEW_OVERDUE,
+            "gateway.review_sla",
+            "backup pool: review the reassigned Task",
+            (DCM, "110100", "Application Activity"),
+            "U",
+        ),
+        Stage(
+            Event.REVIEWER_CREDENTIALED,
+            "gateway.reviewer_credentials",
+            "reviewer: may decide until the credential expires",
+            (DCM, "110100", "Application Activity"),
+            "U",
+        ),
+        Stage(
+            Event.SAFETY_DECISION_RECORDED,
+            "gateway.automation",
+            "automation: the switch is on for its scope until the decision expires",
+            (DCM, "110100", "Application Activity"),
+            "C",
+        ),
+        Stage(
+            Event.AUTHORIZATION_FAILED,
+            "gateway.listeners.http",
+            "none: 403 answered",
+            (DCM, "110113", "Security Alert"),
             "E",
         ),
     )

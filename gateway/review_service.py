@@ -19,12 +19,12 @@ from sqlalchemy import Connection, Engine, select
 
 from adapters.worklist.hl7_messages import build_omi_o23, new_control_id
 from fhir_mapping import task as task_map
-from fhir_mapping.provenance import decision_provenance, scoring_provenance
+from fhir_mapping.provenance import decision_provenance, scoring_provenance, workflow_provenance
 from fhir_mapping.review_input import ReviewCommand, parse_task_update
+from fhir_mapping.review_tasks import with_deadline
 from gateway.audit.trail import append_provenance, record_event
 from gateway.auth.tokens import Principal
 from gateway.domain.errors import (
-    Forbidden,
     GatewayError,
     IncompleteAction,
     InvalidInput,
@@ -38,6 +38,8 @@ from gateway.domain.triage import proposed_priority
 from gateway.outbox import enqueue
 from gateway.persistence.tables import studies
 from gateway.pipeline import Event, PipelineEvent
+from gateway.reviewer_credentials import check_reviewer
+from gateway.secondary_review import create_secondary_review, needs_secondary_review
 from gateway.settings import Settings
 from gateway.tasks import TaskRepository
 
@@ -120,6 +122,8 @@ class ReviewService:
             resource = task_map.refresh_review_task(
                 existing, score=score, priority=chosen, when=now, model_device_ref=device
             )
+        authored = task_map.parse_instant(resource["authoredOn"])
+        resource = with_deadline(resource, self._settings.review.sla_minutes, authored)
         resource = task_map.add_relevant_history(resource, f"Provenance/{provenance_id}")
         if existing is None:
             stored = self.repository.create(conn, resource)
@@ -191,8 +195,7 @@ class ReviewService:
             raise VersionConflict(
                 f"If-Match names version {expected}; Task/{task_id} is at {current_version}"
             )
-        if REVIEWER_ROLE not in principal.roles:
-            raise Forbidden("completing a review Task needs the reviewer role")
+        check_reviewer(conn, current, principal, self._settings, self._clock())
         command = parse_task_update(body, current)
         reviewer = principal.actor
         if not reviewer.reference.startswith(("Practitioner/", "PractitionerRole/")):
@@ -236,13 +239,24 @@ class ReviewService:
         new_version = old_version + 1
         versioned = f"Task/{facts.task_id}/_history/{new_version}"
         worklist = self._worklist_message(conn, facts, command, new_version, now)
-        provenance_id = ""
-        if command is not None and command.decision is not None:
-            provenance_id = self._new_id()
-            updated = task_map.add_relevant_history(updated, f"Provenance/{provenance_id}")
+        provenance_id = self._new_id()
+        updated = task_map.add_relevant_history(updated, f"Provenance/{provenance_id}")
         stored = self.repository.update(conn, facts.task_id, updated, old_version)
-        entities: tuple[str, ...] = (versioned,)
-        if command is not None and command.decision is not None:
+        entities: tuple[str, ...] = (versioned, f"Provenance/{provenance_id}")
+        if command is None or command.decision is None:
+            append_provenance(
+                conn,
+                workflow_provenance(
+                    provenance_id=provenance_id,
+                    task_ref_versioned=versioned,
+                    actor_ref=principal.actor.reference,
+                    activity="UPDATE",
+                    when=now,
+                    prior_task_version_ref=f"Task/{facts.task_id}/_history/{old_version}",
+                ),
+                facts.patient_id,
+            )
+        else:
             append_provenance(
                 conn,
                 decision_provenance(
@@ -257,7 +271,6 @@ class ReviewService:
                 ),
                 facts.patient_id,
             )
-            entities = (versioned, f"Provenance/{provenance_id}")
         detail = {"status": str(stored["status"])}
         if command is not None and command.decision is not None:
             detail["decision"] = command.decision.value
@@ -266,7 +279,9 @@ class ReviewService:
         record_event(
             conn,
             PipelineEvent(
-                kind=Event.DECISION_RECORDED,
+                kind=Event.DECISION_RECORDED
+                if command is not None and command.decision is not None
+                else Event.REVIEW_STATUS_CHANGED,
                 actor=principal.actor,
                 occurred_at=now,
                 study_instance_uid=facts.study_instance_uid,
@@ -295,6 +310,10 @@ class ReviewService:
                 now=now,
                 encounter_id=facts.encounter_id,
                 request_id=request_id,
+            )
+        if command is not None and needs_secondary_review(stored, command.decision, self._settings):
+            create_secondary_review(
+                conn, self.repository, stored, principal.actor, self._settings, now, request_id
             )
         return stored
 

@@ -175,6 +175,40 @@ class ReviewSettings:
         default=0.95,
         metadata=_doc("Score at or above which a rejected flag goes to a secondary reviewer."),
     )
+    sla_minutes: Mapping[str, float] = field(
+        default_factory=lambda: types.MappingProxyType(
+            {"stat": 15.0, "asap": 30.0, "urgent": 60.0, "routine": 480.0}
+        ),
+        metadata=_doc(
+            "Review deadline (Task.restriction.period.end) per priority, in minutes after the "
+            "Task is requested."
+        ),
+    )
+    backup_pool: str = field(
+        default="backup-reviewer",
+        metadata=_doc("performerType code of the pool an overdue review Task is reassigned to."),
+    )
+    secondary_pool: str = field(
+        default="secondary-reviewer",
+        metadata=_doc("performerType code (and role) of the secondary-review pool."),
+    )
+    credentials_required: bool = field(
+        default=True,
+        metadata=_doc(
+            "Reviewers need a current credential (`hitl-gateway reviewer credential`) to claim "
+            "or decide; expired or unknown reviewers get 403."
+        ),
+    )
+    sweep_seconds: float = field(
+        default=30.0, metadata=_doc("How often overdue review Tasks are looked for, in seconds.")
+    )
+    auto_escalate_threshold: float = field(
+        default=0.99,
+        metadata=_doc(
+            "Score at or above which the auto-escalate switch acts; the switch is off unless a "
+            "current safety-committee decision covers the use case."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +281,27 @@ class AuthSettings:
             "JWKS file of the issuer; empty: the embedded issuer's key under data_dir/keys."
         ),
     )
+    jwks_uri: str = field(
+        default="",
+        metadata=_doc(
+            "URL of the issuer's JWKS (the hospital's authorization server); fetched and cached."
+        ),
+    )
+    backend_clients_path: str = field(
+        default="",
+        metadata=_doc(
+            "JSON file of SMART Backend Services clients of the embedded issuer: "
+            '{"<client_id>": {"jwks": {...}, "scope": "system/...", "roles": ["pacs"]}}.'
+        ),
+    )
     leeway_seconds: int = field(default=30, metadata=_doc("Clock leeway for exp/nbf, in seconds."))
+    jwks_cache_seconds: int = field(
+        default=300,
+        metadata=_doc(
+            "How long a fetched JWKS is trusted before it is read again; an unknown `kid` "
+            "triggers an early re-read (key rotation)."
+        ),
+    )
     token_lifetime_seconds: int = field(
         default=3600,
         metadata=_doc("Lifetime of development tokens minted by `hitl-gateway token`."),

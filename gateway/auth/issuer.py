@@ -38,8 +38,10 @@ ROLES: tuple[str, ...] = (
 
 # SMART App Launch v2 scopes (`cruds` grammar) each role gets unless others are asked for.
 DEFAULT_SCOPES: Mapping[str, str] = {
-    "reviewer": "openid fhirUser user/Task.rus user/Provenance.rs user/ImagingStudy.rs",
-    "secondary-reviewer": "openid fhirUser user/Task.rus user/Provenance.rs user/ImagingStudy.rs",
+    "reviewer": "openid fhirUser user/Task.crus user/Provenance.rs user/ImagingStudy.rs "
+    "user/Observation.rs user/Device.rs user/CodeSystem.rs user/ValueSet.rs",
+    "secondary-reviewer": "openid fhirUser user/Task.rus user/Provenance.rs user/ImagingStudy.rs "
+    "user/Observation.rs user/Device.rs user/CodeSystem.rs user/ValueSet.rs",
     "auditor": "openid fhirUser user/Provenance.rs user/AuditEvent.rs",
     "auditor-phi": "openid fhirUser user/Provenance.rs user/AuditEvent.rs user/Task.rs",
     "model-approver": "openid fhirUser user/Device.rs",
@@ -116,6 +118,8 @@ def mint_token(
     user: str,
     scopes: str | Sequence[str] | None = None,
     lifetime: int | None = None,
+    patient: str = "",
+    extra_claims: Mapping[str, Any] | None = None,
 ) -> str:
     """A signed development access token for `user` (e.g. Practitioner/123) acting in `role`."""
     if role not in ROLES:
@@ -137,5 +141,8 @@ def mint_token(
         "exp": now + seconds,
         "jti": uuid.uuid4().hex,
     }
+    if patient:
+        claims["patient"] = patient.removeprefix("Patient/")
+    claims.update(extra_claims or {})
     headers = {"kid": public_jwk(key)["kid"], "typ": "JWT"}
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers=headers)

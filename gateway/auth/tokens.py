@@ -2,15 +2,24 @@
 
 A token is accepted only when its signature verifies against the issuer's JWKS (selected by `kid`),
 `iss` is the configured issuer, `aud` is our FHIR base URL and `exp`/`nbf` hold within the leeway.
-Scopes follow the v2 grammar `(user|system)/<Type|*>.<cruds subset in order>`; v1 scopes
-(`.read`, `.write`) are not honoured because `permission-v1` is not advertised, and `patient/`
-scopes are not honoured until patient-compartment checks exist.
+Scopes follow the v2 grammar `(patient|user|system)/<Type|*>.<cruds subset in order>`; a
+malformed order (`Task.ur`) is not honoured. v1 scopes are mapped as SMART 2.2 says (`.read` →
+`rs`, `.write` → `cud`, `.*` → `cruds`) because `permission-v1` is advertised. `patient/` scopes
+count only when the token names a launch patient, and then only for that patient's compartment
+(enforced per interaction by `gateway.fhir_api.access`).
+
+The JWKS comes from the embedded issuer, a file (`auth.jwks_path`) or a URL (`auth.jwks_uri`); a
+file or URL is cached for `auth.jwks_cache_seconds` and re-read early when a token names an
+unknown `kid` (key rotation), at most once per `MIN_REFRESH_SECONDS`.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
+import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +46,11 @@ __all__ = [
 ]
 
 ACCEPTED_ALGORITHMS = ["RS256", "RS384", "ES256", "ES384"]
+MIN_REFRESH_SECONDS = 10.0
+V1_LETTERS = {"read": "rs", "write": "cud", "*": "cruds"}
+_V1_SCOPE = re.compile(
+    r"^(?P<context>patient|user|system)/(?P<type>[A-Z][A-Za-z]*|\*)\.(?P<v1>read|write|\*)$"
+)
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "jti"]
 _SCOPE = re.compile(
     r"^(?P<context>patient|user|system)/(?P<type>[A-Z][A-Za-z]*|\*)"
@@ -72,19 +86,18 @@ class Scope:
 
     def allows(self, resource_type: str, interaction: str) -> bool:
         """True when this scope covers the interaction letter on the resource type."""
-        return (
-            self.context in {"user", "system"}
-            and self.resource_type in {resource_type, "*"}
-            and interaction in self.interactions
-        )
+        return self.resource_type in {resource_type, "*"} and interaction in self.interactions
 
 
 def parse_scope(text: str) -> Scope | None:
-    """A v2 resource scope, or None for other scopes (openid, launch, v1 or malformed ones)."""
+    """A resource scope (v2, or v1 mapped to v2), or None for other or malformed scopes."""
     match = _SCOPE.match(text)
-    if match is None or not match["letters"]:
-        return None
-    return Scope(match["context"], match["type"], frozenset(match["letters"]))
+    if match is not None and match["letters"]:
+        return Scope(match["context"], match["type"], frozenset(match["letters"]))
+    v1 = _V1_SCOPE.match(text)
+    if v1 is not None:
+        return Scope(v1["context"], v1["type"], frozenset(V1_LETTERS[v1["v1"]]))
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +107,8 @@ class Principal:
     actor: Actor
     scopes: tuple[Scope, ...]
     raw_scope: str = ""
+    patient: str = ""  # SMART launch context: the patient `patient/` scopes are limited to
+    client_id: str = ""
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -105,7 +120,8 @@ def require_scope(principal: Principal, resource_type: str, interaction: str) ->
     """Raise InsufficientScope unless a scope allows `interaction` (one of c r u d s)."""
     if interaction not in "cruds" or len(interaction) != 1:
         raise ValueError(f"not a SMART interaction letter: {interaction!r}")
-    if not any(s.allows(resource_type, interaction) for s in principal.scopes):
+    usable = (s for s in principal.scopes if s.context in {"user", "system"} or principal.patient)
+    if not any(s.allows(resource_type, interaction) for s in usable):
         raise InsufficientScope(
             f"scope does not allow '{interaction}' on {resource_type}", code="forbidden"
         )
@@ -129,22 +145,55 @@ class TokenValidator:
         self._issuer = settings.auth_issuer
         self._audience = settings.http.fhir_base()
         self._leeway = settings.auth.leeway_seconds
-        self._jwks = self._load_jwks()
-        self._keys = {
-            str(k["kid"]): jwt.PyJWK.from_dict(dict(k))
-            for k in self._jwks.get("keys", [])
-            if isinstance(k, Mapping) and k.get("kid")
-        }
+        self._lock = threading.Lock()
+        self._loaded_at = 0.0
+        self._jwks: dict[str, Any] = {}
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._refresh()
+
+    @property
+    def _external(self) -> bool:
+        return bool(self._settings.auth.jwks_path or self._settings.auth.jwks_uri)
 
     def _load_jwks(self) -> dict[str, Any]:
-        path = self._settings.auth.jwks_path
-        if path:
+        path, uri = self._settings.auth.jwks_path, self._settings.auth.jwks_uri
+        if uri:
+            # Only the configured issuer's JWKS URL is fetched (closed networks: nothing else).
+            with urllib.request.urlopen(uri, timeout=5) as response:  # noqa: S310
+                data = json.loads(response.read().decode("utf-8"))
+        elif path:
             with open(path, encoding="utf-8") as fh:
                 data = json.load(fh)
-            if not isinstance(data, dict):
-                raise ValueError(f"{path} is not a JWKS document")
-            return data
-        return embedded_jwks(self._settings)
+        else:
+            return embedded_jwks(self._settings)
+        if not isinstance(data, dict):
+            raise ValueError(f"{uri or path} is not a JWKS document")
+        return data
+
+    def _refresh(self) -> None:
+        jwks = self._load_jwks()
+        keys: dict[str, jwt.PyJWK] = {}
+        for k in jwks.get("keys", []):
+            if isinstance(k, Mapping) and k.get("kid") and k.get("use", "sig") == "sig":
+                try:
+                    keys[str(k["kid"])] = jwt.PyJWK.from_dict(dict(k))
+                except jwt.PyJWTError:
+                    continue  # a key of a type we cannot use never verifies anything
+        self._jwks, self._keys, self._loaded_at = jwks, keys, time.monotonic()
+
+    def _key(self, kid: str) -> jwt.PyJWK | None:
+        if not self._external:
+            return self._keys.get(kid)
+        age = time.monotonic() - self._loaded_at
+        stale = age > self._settings.auth.jwks_cache_seconds
+        if stale or (kid not in self._keys and age > MIN_REFRESH_SECONDS):
+            with self._lock:
+                try:
+                    self._refresh()
+                except (OSError, ValueError):
+                    # Keep the cached keys: an unreachable issuer must not lock everyone out.
+                    self._loaded_at = time.monotonic()
+        return self._keys.get(kid)
 
     def public_jwks(self) -> dict[str, Any]:
         """The public JWKS the validator trusts (served for the embedded issuer)."""
@@ -156,7 +205,7 @@ class TokenValidator:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise InvalidToken("the token is not a JWS") from None
-        key = self._keys.get(str(header.get("kid", "")))
+        key = self._key(str(header.get("kid", "")))
         if key is None:
             raise InvalidToken("the token's signing key (kid) is not trusted")
         try:
@@ -194,10 +243,19 @@ class TokenValidator:
         if not isinstance(scope_text, str):
             raise InvalidToken("the token's 'scope' claim must be a string")
         fhir_user = claims.get("fhirUser", "")
+        patient = claims.get("patient", "")
+        if not isinstance(patient, str):
+            raise InvalidToken("the token's 'patient' claim must be a string")
+        client_id = str(claims.get("client_id", ""))
+        if not fhir_user and client_id:
+            fhir_user = f"Device/{client_id}"  # Backend Services: the client system itself acts
         actor = Actor(
             reference=fhir_user if isinstance(fhir_user, str) else "",
             roles=tuple(roles),
             token_id=str(claims["jti"]),
         )
         scopes = tuple(s for s in (parse_scope(p) for p in scope_text.split()) if s is not None)
-        return Principal(actor=actor, scopes=scopes, raw_scope=scope_text)
+        return Principal(
+            actor=actor, scopes=scopes, raw_scope=scope_text,
+            patient=patient.removeprefix("Patient/"), client_id=client_id,
+        )  # fmt: skip

@@ -85,6 +85,12 @@ class Route:
     operation: str = ""  # e.g. "escalate" for $escalate
     public: bool = False
     documentation: str = ""
+    scope_type: str = ""  # resource type the scope must name, when not `resource_type`
+
+    @property
+    def scope_resource(self) -> str:
+        """The resource type the SMART scope is checked against."""
+        return self.scope_type or self.resource_type
 
 
 @dataclass(frozen=True, slots=True)

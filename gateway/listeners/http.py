@@ -1,9 +1,11 @@
-"""The HTTP listener's FHIR side: route table, bearer authentication and the HTTP error boundary.
+"""The HTTP listener: an aiohttp app factory binding the FHIR route table, plus health and SMART
+discovery.
 
-Handlers are named after FHIR R4 interactions (`read`, `search-type`, `update`). Every error leaves
-through one middleware as an OperationOutcome with the status from `fhir_mapping.outcome`; 401 and
-403 carry RFC 6750 challenges. Only metadata, health and discovery documents are public. The
-database engine is synchronous, so database work runs in worker threads.
+The FHIR interactions live in `gateway.fhir_api` (transport-free); this module only authenticates
+(RFC 6750 bearer tokens, SMART scopes per route), turns each request into a `FhirRequest`, runs the
+handler in a worker thread (the database engine is synchronous), masks PHI for auditors without
+PHI rights, notifies the interaction hooks, and maps every error once to an OperationOutcome.
+Only metadata, health and discovery documents are public.
 """
 
 from __future__ import annotations
@@ -14,16 +16,15 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from email.utils import format_datetime
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import Engine
 
-from fhir_mapping.codesystems import all_code_systems, code_system_by_id
-from fhir_mapping.outcome import operation_outcome, outcome_for
-from fhir_mapping.task import fhir_instant, parse_instant
+from fhir_mapping.outcome import http_status_for, operation_outcome, outcome_for
 from gateway.audit.trail import record_event
+from gateway.auth.backend import BackendTokenService, OAuthError
+from gateway.auth.smart import smart_configuration
 from gateway.auth.tokens import (
     InsufficientScope,
     InvalidToken,
@@ -42,16 +43,25 @@ from gateway.domain.errors import (
     OutOfResources,
 )
 from gateway.domain.model import Actor
+from gateway.fhir_api.access import mask_phi, may_see_phi
+from gateway.fhir_api.capability import capability_statement
+from gateway.fhir_api.core import (
+    FhirContext,
+    FhirRequest,
+    InteractionHooks,
+    InteractionRecord,
+    Route,
+)
+from gateway.fhir_api.routes import ROUTES
 from gateway.pipeline import Event, PipelineEvent
 from gateway.review_service import UNIDENTIFIED_CLIENT, ReviewService
 from gateway.settings import Settings
-from gateway.tasks import TaskRepository
 
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
+FHIR_PREFIX = "/fhir"
 REALM = "hitl-gateway"
-DEFAULT_COUNT = 50
 
 Readiness = Callable[[], dict[str, Any]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,7 +71,9 @@ ENGINE = web.AppKey("engine", Engine)
 REVIEW = web.AppKey("review_service", ReviewService)
 VALIDATOR = web.AppKey("token_validator", TokenValidator)
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
-REPOSITORY = web.AppKey("task_repository", TaskRepository)
+FHIR_CONTEXT = web.AppKey("fhir_context", FhirContext)
+INTERACTION_HOOKS = web.AppKey("interaction_hooks", InteractionHooks)
+BACKEND = web.AppKey("backend_token_service", BackendTokenService)
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
@@ -111,7 +123,8 @@ async def error_boundary(request: web.Request, handler: Handler) -> web.StreamRe
             raise
         error = _from_http_exception(exc)
         document = operation_outcome(error, status=exc.status, diagnostics=error.message)
-        response = fhir_response(document, exc.status)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        response = fhir_response(document, exc.status, allow)
     except GatewayError as exc:
         status, document = outcome_for(exc)
         response = fhir_response(document, status, _challenge(exc))
@@ -130,25 +143,36 @@ async def authenticate(request: web.Request, resource_type: str, interaction: st
     app = request.app
     try:
         token = bearer_token(request.headers.get("Authorization"))
-        principal = app[VALIDATOR].validate(token)
+        principal = await asyncio.to_thread(app[VALIDATOR].validate, token)
+    except NotAuthenticated as exc:
+        await asyncio.to_thread(_audit_access_failure, app, request, exc, None)
+        raise
+    try:
         require_scope(principal, resource_type, interaction)
-    except (NotAuthenticated, Forbidden) as exc:
-        await asyncio.to_thread(_audit_auth_failure, app, request, exc)
+    except Forbidden as exc:
+        await asyncio.to_thread(_audit_access_failure, app, request, exc, principal)
         raise
     return principal
 
 
-def _audit_auth_failure(app: web.Application, request: web.Request, error: GatewayError) -> None:
+def _audit_access_failure(
+    app: web.Application, request: web.Request, error: GatewayError, principal: Principal | None
+) -> None:
     reason = "missing-token" if isinstance(error, MissingToken) else error.code
     if isinstance(error, InvalidToken):
         reason = "invalid-token"
     actor = Actor(
-        reference=UNIDENTIFIED_CLIENT,
-        display="unauthenticated client",
+        reference=UNIDENTIFIED_CLIENT, display="unauthenticated client",
         network_address=request.remote or "",
-    )
+    )  # fmt: skip
+    if principal is not None:
+        actor = Actor(
+            reference=principal.actor.reference or UNIDENTIFIED_CLIENT,
+            roles=principal.roles, token_id=principal.actor.token_id,
+            network_address=request.remote or "",
+        )  # fmt: skip
     event = PipelineEvent(
-        kind=Event.AUTHENTICATION_FAILED,
+        kind=Event.AUTHENTICATION_FAILED if principal is None else Event.AUTHORIZATION_FAILED,
         actor=actor,
         occurred_at=datetime.now(UTC),
         outcome="4",
@@ -159,14 +183,6 @@ def _audit_auth_failure(app: web.Application, request: web.Request, error: Gatew
     )
     with app[ENGINE].begin() as conn:
         record_event(conn, event)
-
-
-def _version_headers(resource: dict[str, Any]) -> dict[str, str]:
-    meta = resource.get("meta", {})
-    headers = {"ETag": f'W/"{meta.get("versionId", "")}"'}
-    if "lastUpdated" in meta:
-        headers["Last-Modified"] = format_datetime(parse_instant(meta["lastUpdated"]), usegmt=True)
-    return headers
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -181,83 +197,9 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(facts, status=200 if ready else 503)
 
 
-def capability_statement(settings: Settings) -> dict[str, Any]:
-    """The minimal CapabilityStatement of what this listener serves (R4 capabilitystatement)."""
-    base = settings.http.fhir_base()
-    return {
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "date": fhir_instant(datetime.now(UTC)),
-        "kind": "instance",
-        "software": {"name": "hitl-gateway"},
-        "implementation": {"description": "hitl-gateway FHIR endpoint", "url": base},
-        "fhirVersion": "4.0.1",
-        "format": ["json"],
-        "rest": [
-            {
-                "mode": "server",
-                "security": {
-                    "cors": False,
-                    "service": [
-                        {
-                            "coding": [
-                                {
-                                    "system": "http://terminology.hl7.org/CodeSystem/"
-                                    "restful-security-service",
-                                    "code": "SMART-on-FHIR",
-                                }
-                            ]
-                        }
-                    ],
-                    "description": "SMART App Launch v2 bearer tokens; see "
-                    ".well-known/smart-configuration",
-                },
-                "resource": [
-                    {
-                        "type": "Task",
-                        "interaction": [
-                            {"code": "read"},
-                            {"code": "search-type"},
-                            {"code": "update"},
-                        ],
-                        "versioning": "versioned-update",
-                        "readHistory": False,
-                        "updateCreate": False,
-                        "conditionalUpdate": False,
-                        "searchParam": [
-                            {"name": "status", "type": "token"},
-                            {"name": "_count", "type": "number"},
-                        ],
-                    },
-                    {
-                        "type": "CodeSystem",
-                        "interaction": [{"code": "read"}, {"code": "search-type"}],
-                    },
-                ],
-            }
-        ],
-    }
-
-
 async def metadata(request: web.Request) -> web.Response:
-    """FHIR `capabilities` interaction (GET [base]/metadata)."""
-    return fhir_response(capability_statement(request.app[SETTINGS]))
-
-
-def smart_configuration(settings: Settings) -> dict[str, Any]:
-    """SMART App Launch v2 discovery document (.well-known/smart-configuration)."""
-    issuer = settings.auth_issuer
-    return {
-        "issuer": issuer,
-        "jwks_uri": f"{issuer}/jwks",
-        "token_endpoint": f"{issuer}/token",
-        "grant_types_supported": ["authorization_code", "client_credentials"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-        "scopes_supported": ["openid", "fhirUser", "user/Task.rus", "user/Provenance.rs"],
-        "response_types_supported": ["code"],
-        "capabilities": ["permission-v2", "client-confidential-asymmetric", "permission-user"],
-        "code_challenge_methods_supported": ["S256"],
-    }
+    """FHIR `capabilities` interaction (GET [base]/metadata), generated from the route table."""
+    return fhir_response(capability_statement(request.app[SETTINGS], ROUTES))
 
 
 async def well_known(request: web.Request) -> web.Response:
@@ -270,102 +212,91 @@ async def jwks(request: web.Request) -> web.Response:
     return web.json_response(request.app[VALIDATOR].public_jwks())
 
 
-def _read_task(app: web.Application, task_id: str) -> dict[str, Any]:
-    with app[ENGINE].connect() as conn:
-        return app[REPOSITORY].read(conn, task_id)
-
-
-async def read_task(request: web.Request) -> web.Response:
-    """FHIR `read` of a Task (ETag and Last-Modified from meta)."""
-    await authenticate(request, "Task", "r")
-    resource = await asyncio.to_thread(_read_task, request.app, request.match_info["id"])
-    return fhir_response(resource, headers=_version_headers(resource))
-
-
-def _count(request: web.Request) -> int:
-    raw = request.query.get("_count", str(DEFAULT_COUNT))
+async def token(request: web.Request) -> web.Response:
+    """SMART Backend Services token endpoint of the embedded issuer (RFC 6749 §4.4)."""
+    form = {k: str(v) for k, v in (await request.post()).items()}
     try:
-        count = int(raw)
-    except ValueError:
-        raise InvalidInput(f"_count {raw!r} is not a number", code="value") from None
-    if count < 0:
-        raise InvalidInput("_count must not be negative", code="value")
-    return count
+        document = await asyncio.to_thread(request.app[BACKEND].token, form)
+    except OAuthError as exc:
+        return web.json_response(exc.body(), status=exc.status, headers=_no_store())
+    return web.json_response(document, headers=_no_store())
 
 
-async def search_tasks(request: web.Request) -> web.Response:
-    """FHIR `search-type` on Task: `status` (comma list, OR) and `_count`; a searchset Bundle."""
-    await authenticate(request, "Task", "s")
-    statuses = [s for v in request.query.getall("status", []) for s in v.split(",") if s]
-    count = _count(request)
-    app = request.app
-
-    def run() -> list[dict[str, Any]]:
-        with app[ENGINE].connect() as conn:
-            return app[REPOSITORY].search(conn, statuses=statuses, count=count)
-
-    found = await asyncio.to_thread(run)
-    base = app[SETTINGS].http.fhir_base()
-    bundle = {
-        "resourceType": "Bundle",
-        "id": uuid.uuid4().hex,
-        "type": "searchset",
-        "total": len(found),
-        "link": [{"relation": "self", "url": f"{base}/Task?{request.query_string}"}],
-        "entry": [
-            {"fullUrl": f"{base}/Task/{r['id']}", "resource": r, "search": {"mode": "match"}}
-            for r in found
-        ],
-    }
-    return fhir_response(bundle)
+async def introspect(request: web.Request) -> web.Response:
+    """RFC 7662 token introspection; the caller needs a valid bearer token of its own."""
+    await asyncio.to_thread(
+        request.app[VALIDATOR].validate, bearer_token(request.headers.get("Authorization"))
+    )
+    form = await request.post()
+    document = await asyncio.to_thread(request.app[BACKEND].introspect, str(form.get("token", "")))
+    return web.json_response(document, headers=_no_store())
 
 
-async def update_task(request: web.Request) -> web.Response:
-    """FHIR `update` of a Task: If-Match required (R4: 400 without it), 412 when stale."""
-    principal = await authenticate(request, "Task", "u")
+def _no_store() -> dict[str, str]:
+    return {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+async def _body(request: web.Request) -> Any:
+    if request.method not in {"POST", "PUT", "PATCH"} or not request.body_exists:
+        return None
     try:
-        body = await request.json(loads=json.loads)
+        return await request.json(loads=json.loads)
     except json.JSONDecodeError:
         raise InvalidInput("the body is not JSON", code="structure") from None
-    stored = await asyncio.to_thread(
-        request.app[REVIEW].complete,
-        request.match_info["id"],
-        body,
-        request.headers.get("If-Match"),
-        principal,
-        request.get(REQUEST_ID, ""),
-    )
-    return fhir_response(stored, headers=_version_headers(stored))
 
 
-async def search_code_systems(request: web.Request) -> web.Response:
-    """The gateway's published CodeSystems as a searchset Bundle (needs any valid token)."""
-    await _token_only(request)
-    base = request.app[SETTINGS].http.fhir_base()
-    entries = [
-        {"fullUrl": f"{base}/CodeSystem/{c['id']}", "resource": c, "search": {"mode": "match"}}
-        for c in all_code_systems()
-    ]
-    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries)}
-    return fhir_response({**bundle, "entry": entries})
+def bind(route: Route) -> Handler:
+    """The aiohttp handler of one route: authenticate, run the interaction, notify hooks."""
 
+    async def handle(request: web.Request) -> web.StreamResponse:
+        app = request.app
+        principal: Principal | None = None
+        status, outcome_text = 500, ""
+        references: tuple[str, ...] = ()
+        patients: tuple[str, ...] = ()
+        try:
+            if not route.public:
+                principal = await authenticate(request, route.scope_resource, route.scope)
+            fhir_request = FhirRequest(
+                method=request.method,
+                path=request.path,
+                params=dict(request.match_info),
+                query=tuple(request.query.items()),
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=await _body(request),
+                principal=principal,
+                request_id=request.get(REQUEST_ID, ""),
+                remote=request.remote or "",
+                base=app[SETTINGS].http.fhir_base(),
+                raw_query=request.query_string,
+            )
+            result = await asyncio.to_thread(route.handler, app[FHIR_CONTEXT], fhir_request)
+            status, references, patients = result.status, result.touched, result.patients
+        except GatewayError as exc:
+            status, outcome_text = http_status_for(exc), exc.message
+            raise
+        except web.HTTPException as exc:
+            status, outcome_text = exc.status, exc.reason
+            raise
+        finally:
+            record = InteractionRecord(
+                interaction=route.operation or route.interaction,
+                resource_type=route.resource_type, method=request.method, path=request.path,
+                status=status, references=tuple(references), patients=tuple(patients),
+                query=request.query_string, principal=principal,
+                request_id=request.get(REQUEST_ID, ""), remote=request.remote or "",
+                occurred_at=datetime.now(UTC), outcome_text=outcome_text,
+            )  # fmt: skip
+            await asyncio.to_thread(app[INTERACTION_HOOKS].notify, record)
+        document = result.resource
+        if document is None:
+            return web.Response(status=result.status, headers=result.headers)
+        if not may_see_phi(principal):
+            document = mask_phi(document)
+        return fhir_response(document, result.status, result.headers)
 
-async def read_code_system(request: web.Request) -> web.Response:
-    """One published CodeSystem by id (needs any valid token)."""
-    await _token_only(request)
-    found = code_system_by_id(request.match_info["id"])
-    if found is None:
-        raise NotFound(f"CodeSystem/{request.match_info['id']} is not published here")
-    return fhir_response(found)
-
-
-async def _token_only(request: web.Request) -> Principal:
-    # Terminology carries no PHI, so any valid token reads it, whatever its resource scopes.
-    try:
-        return request.app[VALIDATOR].validate(bearer_token(request.headers.get("Authorization")))
-    except NotAuthenticated as exc:
-        await asyncio.to_thread(_audit_auth_failure, request.app, request, exc)
-        raise
+    handle.__name__ = route.handler.__name__
+    return handle
 
 
 def build_http_app(
@@ -374,8 +305,9 @@ def build_http_app(
     review_service: ReviewService,
     token_validator: TokenValidator,
     readiness: Readiness,
+    hooks: InteractionHooks | None = None,
 ) -> web.Application:
-    """The aiohttp application: the whole route table in one place."""
+    """The aiohttp application: health, SMART discovery and every route of the FHIR table."""
     app = web.Application(
         middlewares=[error_boundary], client_max_size=settings.http.max_body_bytes
     )
@@ -384,17 +316,18 @@ def build_http_app(
     app[REVIEW] = review_service
     app[VALIDATOR] = token_validator
     app[READINESS] = readiness
-    app[REPOSITORY] = review_service.repository
+    app[FHIR_CONTEXT] = FhirContext(settings, engine, review_service)
+    app[INTERACTION_HOOKS] = hooks or InteractionHooks()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/fhir/metadata", metadata)
+    app.router.add_get(f"{FHIR_PREFIX}/metadata", metadata)
     app.router.add_get("/.well-known/smart-configuration", well_known)
-    app.router.add_get("/fhir/.well-known/smart-configuration", well_known)
-    if not settings.auth.jwks_path:
-        app.router.add_get("/fhir/auth/jwks", jwks)
-    app.router.add_get("/fhir/Task", search_tasks)
-    app.router.add_get("/fhir/Task/{id}", read_task)
-    app.router.add_put("/fhir/Task/{id}", update_task)
-    app.router.add_get("/fhir/CodeSystem", search_code_systems)
-    app.router.add_get("/fhir/CodeSystem/{id}", read_code_system)
+    app.router.add_get(f"{FHIR_PREFIX}/.well-known/smart-configuration", well_known)
+    app[BACKEND] = BackendTokenService(settings, token_validator)
+    if not (settings.auth.jwks_path or settings.auth.jwks_uri):
+        app.router.add_get(f"{FHIR_PREFIX}/auth/jwks", jwks)
+        app.router.add_post(f"{FHIR_PREFIX}/auth/token", token)
+        app.router.add_post(f"{FHIR_PREFIX}/auth/introspect", introspect)
+    for route in ROUTES:
+        app.router.add_route(route.method, FHIR_PREFIX + route.path, bind(route))
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from gateway.auth.tokens import TokenValidator
 from gateway.listeners.http import build_http_app
 from gateway.persistence.tables import audit_log, outbox, studies
 from gateway.review_service import ReviewService
+from gateway.reviewer_credentials import grant
 from gateway.settings import HttpSettings, Settings, StorageSettings, WorklistSettings
 from tests.unit.fhir.samples import STUDY_UID, decision_body, gateway_engine, score, study
 
@@ -84,6 +85,14 @@ async def gw(engine: Engine, tmp_path: Any) -> AsyncIterator[Gateway]:
     with engine.begin() as conn:
         conn.execute(insert(studies).values(_study_row()))
         task = review.create_review_task(conn, study(), score())
+        grant(
+            conn,
+            practitioner="Practitioner/dr-1",
+            roles=["reviewer"],
+            valid_until=datetime.now(UTC) + timedelta(days=365),
+            granted_by="Practitioner/admin",
+            now=datetime.now(UTC),
+        )
     readiness: dict[str, Any] = {"status": "ready"}
 
     def probe() -> dict[str, Any]:
@@ -230,7 +239,8 @@ async def test_approve_creates_version_provenance_and_outbox_row(gw: Gateway) ->
     assert [(r.destination, r.idempotency_key, r.state) for r in rows] == [
         ("hl7", f"{gw.task_id}:2", "pending")
     ]
-    assert "TQ1|||||||||T^" in rows[0].payload  # urgent → HL7 0485 "T"
+    # A neutral priority change; the HL7 adapter renders TQ1-9 "T" from it at delivery time.
+    assert (rows[0].kind, json.loads(rows[0].payload)["priority"]) == ("priority-change", "urgent")
     # The same stale version again: exactly one decision per version.
     again = await gw.client.put(url, json=decision_body(task), headers=headers)
     await _outcome(again, 412)

@@ -43,8 +43,9 @@ def test_good_token_maps_to_principal(settings: Settings) -> None:
     require_scope(principal, "Task", "r")
     require_scope(principal, "Task", "u")
     require_scope(principal, "Task", "s")
+    require_scope(principal, "Task", "c")
     with pytest.raises(InsufficientScope):
-        require_scope(principal, "Task", "c")
+        require_scope(principal, "Task", "d")
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["aud"] == "http://127.0.0.1:8080/fhir"
     assert claims["iss"] == "http://127.0.0.1:8080/fhir/auth"
@@ -140,7 +141,9 @@ def test_missing_scope_is_forbidden(settings: Settings) -> None:
         ("system/*.cruds", ("system", "*", set("cruds"))),
         ("patient/Observation.rs?category=x", ("patient", "Observation", {"r", "s"})),
         ("user/Task.ur", None),  # letters out of the cruds order are not honoured
-        ("user/Task.read", None),  # v1 is not advertised
+        ("user/Task.read", ("user", "Task", {"r", "s"})),  # v1, permission-v1 advertised
+        ("user/Task.write", ("user", "Task", {"c", "u", "d"})),
+        ("system/*.*", ("system", "*", set("cruds"))),
         ("user/Task.", None),
         ("openid", None),
     ],
@@ -154,13 +157,20 @@ def test_scope_grammar(text: str, expected: tuple[str, str, set[str]] | None) ->
         assert (scope.context, scope.resource_type, set(scope.interactions)) == expected
 
 
-def test_patient_scopes_do_not_open_tasks(settings: Settings) -> None:
+def test_patient_scopes_need_a_launch_patient(settings: Settings) -> None:
     token = mint_token(
         settings, role="reviewer", user="Practitioner/dr-1", scopes="patient/Task.rus"
     )
     principal = TokenValidator(settings).validate(token)
     with pytest.raises(InsufficientScope):
         require_scope(principal, "Task", "r")
+    launched = mint_token(
+        settings, role="reviewer", user="Practitioner/dr-1", scopes="patient/Task.rus",
+        patient="Patient/pat-1",
+    )  # fmt: skip
+    principal = TokenValidator(settings).validate(launched)
+    assert principal.patient == "pat-1"
+    require_scope(principal, "Task", "r")
 
 
 def test_unknown_role_is_refused(settings: Settings) -> None:
