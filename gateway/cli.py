@@ -54,14 +54,15 @@ def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_demo_setup(_args: argparse.Namespace, settings: Settings) -> int:
-    from scoring.registry import setup_demo
+    import scoring  # noqa: F401  (telemetry off before MLflow loads)
+    from scoring.demo_setup import setup_demo
 
     (settings.storage.data_dir / "mlflow").mkdir(parents=True, exist_ok=True)
-    model = setup_demo(settings.mlflow_tracking_uri, settings.storage.data_dir)
-    print(
-        f"model {model.name} version {model.version} (sha256 {model.sha256}) "
-        f"is under alias '{settings.mlflow.alias}'"
-    )
+    for model in setup_demo(settings):
+        print(
+            f"model {model.name} version {model.version} (sha256 {model.sha256}) "
+            f"is under alias '{settings.mlflow.alias}'"
+        )
     return 0
 
 

@@ -12,15 +12,16 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy import Connection, Engine, insert, select
 
 from gateway.assembly import StudyAssembler
 from gateway.audit.trail import record_event
-from gateway.domain.errors import GatewayError
+from gateway.domain.errors import GatewayError, ModelUnavailable
 from gateway.domain.model import Actor, ScoreResult, StudyContext, StudyState, Thresholds
 from gateway.domain.triage import proposed_priority
 from gateway.persistence.tables import instances, scores
@@ -35,6 +36,21 @@ GATEWAY_ACTOR = Actor(reference="Device/hitl-gateway", display="hitl-gateway")
 ReviewTaskWriter = Callable[[Connection, StudyContext, ScoreResult], object]
 
 
+class RoutedStudy(Protocol):
+    """What a router returns: the use case and the instances it scores."""
+
+    @property
+    def use_case(self) -> str:
+        """The use case that scores the study."""
+
+    @property
+    def instance_paths(self) -> tuple[str, ...]:
+        """The instances the use case scores."""
+
+
+Router = Callable[[Sequence[str]], RoutedStudy | None]
+
+
 class ScoringStep:
     """Scores every study the assembler claims and records the outcome in one transaction."""
 
@@ -47,6 +63,8 @@ class ScoringStep:
         scorer: StudyScorer,
         write_review_task: ReviewTaskWriter,
         use_case: str = "cxr-pneumothorax",
+        scorers: Mapping[str, StudyScorer] | None = None,
+        router: Router | None = None,
     ) -> None:
         self._engine = engine
         self._settings = settings
@@ -54,11 +72,37 @@ class ScoringStep:
         self._scorer = scorer
         self._write_review_task = write_review_task
         self._use_case = use_case
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, settings.scoring.workers), thread_name_prefix="inference"
-        )
+        # One scorer per use case; the router picks the use case and instances of each study.
+        self._scorers: Mapping[str, StudyScorer] = scorers or {use_case: scorer}
+        self._router = router
+        self._pool = self._new_pool()
+        # Workers abandoned after a timeout; while this many still run, no study is submitted.
+        self._hung: list[Future[ModelOutput]] = []
         self.fallbacks = 0
         self.scored = 0
+        self.unrouted = 0
+        self.timeouts = 0
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(
+            max_workers=max(1, self._settings.scoring.workers), thread_name_prefix="inference"
+        )
+
+    def hung_workers(self) -> int:
+        """Inference threads abandoned after a timeout that have not finished yet."""
+        self._hung = [f for f in self._hung if not f.done()]
+        return len(self._hung)
+
+    def health(self) -> dict[str, object]:
+        """Readiness facts of the worker pool: degraded while abandoned workers still run."""
+        hung = self.hung_workers()
+        return {
+            "status": "degraded" if hung else "ok",
+            "hung_workers": hung,
+            "timeouts": self.timeouts,
+            "fallbacks": self.fallbacks,
+            "unrouted": self.unrouted,
+        }
 
     def close(self) -> None:
         """Stop the worker pool."""
@@ -95,16 +139,37 @@ class ScoringStep:
                 await asyncio.wait_for(stop.wait(), self._settings.assembly.poll_seconds)
 
     async def _score(self, study: StudyContext) -> None:
-        loop = asyncio.get_running_loop()
         output: ModelOutput | None = None
         reason = ""
+        use_case, paths = self._use_case, study.instance_paths
+        future: Future[ModelOutput] | None = None
         try:
+            if self._router is not None:
+                route = await asyncio.to_thread(self._router, study.instance_paths)
+                if route is None:
+                    await asyncio.to_thread(self._record_unrouted, study)
+                    return
+                use_case, paths = route.use_case, route.instance_paths
+            scorer = self._scorers.get(use_case)
+            if scorer is None:
+                raise ModelUnavailable(f"no scorer is configured for use case {use_case!r}")
+            if self.hung_workers() >= max(1, self._settings.scoring.workers):
+                raise ModelUnavailable(
+                    f"{len(self._hung)} inference worker(s) still hung after a timeout"
+                )
+            future = self._pool.submit(scorer.score, paths)
             output = await asyncio.wait_for(
-                loop.run_in_executor(self._pool, self._scorer.score, study.instance_paths),
-                timeout=self._settings.scoring.timeout_seconds,
+                asyncio.wrap_future(future), timeout=self._settings.scoring.timeout_seconds
             )
         except TimeoutError:
             reason = f"model timed out after {self._settings.scoring.timeout_seconds:g} s"
+            self.timeouts += 1
+            if future is not None and not future.cancel():
+                # The thread cannot be stopped: abandon it to a retired pool and score the next
+                # study on fresh workers; it counts as hung (and /readyz degraded) until it ends.
+                self._hung.append(future)
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
         except GatewayError as exc:
             reason = exc.message
         except Exception as exc:
@@ -112,9 +177,33 @@ class ScoringStep:
             # for the patient's study, which must keep standard triage.
             log.exception("scorer raised an unexpected error")
             reason = f"model error: {type(exc).__name__}"
-        await asyncio.to_thread(self._record, study, output, reason)
+        await asyncio.to_thread(self._record, study, output, reason, use_case)
 
-    def _record(self, study: StudyContext, output: ModelOutput | None, reason: str) -> None:
+    def _record_unrouted(self, study: StudyContext) -> None:
+        """No use case applies: the study is recorded and audited, not scored."""
+        now = datetime.now(UTC)
+        with self._engine.begin() as conn:
+            if not self._assembler.mark_done(conn, study.study_instance_uid, StudyState.UNROUTED):
+                return
+            record_event(
+                conn,
+                PipelineEvent(
+                    kind=Event.STUDY_UNROUTED,
+                    actor=GATEWAY_ACTOR,
+                    occurred_at=now,
+                    outcome_desc="no routing rule matches the study's DICOM attributes",
+                    study_instance_uid=study.study_instance_uid,
+                    patient_id=study.patient_id,
+                    encounter_id=study.encounter_id,
+                    detail={"modality": study.modality},
+                ),
+            )
+        self.unrouted += 1
+
+    def _record(
+        self, study: StudyContext, output: ModelOutput | None, reason: str, use_case: str = ""
+    ) -> None:
+        use_case = use_case or self._use_case
         now = datetime.now(UTC)
         with self._engine.begin() as conn:
             input_hash = output.input_hash if output else _study_input_hash(conn, study)
@@ -138,7 +227,7 @@ class ScoringStep:
             conn.execute(
                 insert(scores).values(
                     study_instance_uid=study.study_instance_uid,
-                    use_case=self._use_case,
+                    use_case=use_case,
                     outcome="standard-triage" if result.is_fallback else "scored",
                     score=result.score,
                     label=result.label,
@@ -167,7 +256,7 @@ class ScoringStep:
                     thresholds=result.thresholds,
                     detail={
                         "score": "" if result.score is None else f"{result.score:.6f}",
-                        "use-case": self._use_case if result.model is None else "",
+                        "use-case": use_case if result.model is None else "",
                         "proposed-priority": proposed_priority(result).value,
                     },
                 ),
