@@ -60,6 +60,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     from gateway.persistence.db import make_engine
     from gateway.persistence.migrate import current_revision
     from gateway.review_service import ReviewService
+    from gateway.review_sla import run_sweeper
     from gateway.scoring_step import ScoringStep
     from gateway.spool import Spool
     from scoring.registry import ModelRegistry
@@ -127,6 +128,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         stack.callback(step.close)
         workers.append(asyncio.create_task(step.run_forever(stop), name="scoring"))
         workers.append(asyncio.create_task(dispatcher.run_forever(stop), name="outbox"))
+        workers.append(
+            asyncio.create_task(run_sweeper(engine, settings, stop), name="review-sla")
+        )
         log.info(
             "hitl-gateway ready: DICOM %s@%s:%d, HTTP %s:%d, database %s",
             settings.dicom.ae_title,

@@ -4,4 +4,7 @@
 without touching the others.
 """
 
-COMMAND_MODULES: tuple[str, ...] = ("gateway.commands.audit",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "gateway.commands.audit",
+    "gateway.commands.review",
+)

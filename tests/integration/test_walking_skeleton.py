@@ -165,6 +165,8 @@ def test_study_in_reviewed_task_out_worklist_told(
     gw.start(trace=trace)
     try:
         token = gw.cli("token", "--role", "reviewer", "--user", "Practitioner/dr-jones").strip()
+        gw.cli("reviewer", "credential", "--practitioner", "Practitioner/dr-jones",
+               "--granted-by", "Practitioner/admin")  # fmt: skip
         sent = _storescu(gw, _write_study(tmp_path / "pos.dcm", positive=True, seed=101))
         assert sent.returncode == 0, sent.stderr
 
