@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,10 @@ from sqlalchemy import Connection, Engine, RowMapping, case, func, insert, selec
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.audit.trail import record_event
+from gateway.dicom_index import index_attributes
 from gateway.domain.errors import InvalidInput
 from gateway.domain.model import Actor, StoredInstance, StudyState
-from gateway.persistence.tables import instances, studies
+from gateway.persistence.tables import instance_attributes, instances, studies
 from gateway.pipeline import Event, PipelineEvent
 from gateway.settings import Settings
 from gateway.spool import Spool, SpoolCollisionError, SpooledFile
@@ -51,6 +52,8 @@ class ParsedHeader:
     body_part_examined: str = ""
     # NumberOfStudyRelatedInstances (0020,1208): the study is complete when this many arrived.
     expected_instances: int | None = None
+    # QIDO-RS keys and WADO-RS metadata (gateway.dicom_index); empty when not indexed.
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Disposition(enum.StrEnum):
@@ -99,6 +102,7 @@ def parse_header(path: Path) -> ParsedHeader:
             encounter_id=_text(ds, "AdmissionID", 64),
             body_part_examined=_text(ds, "BodyPartExamined", 64),
             expected_instances=_count(ds.get("NumberOfStudyRelatedInstances")),
+            attributes=index_attributes(ds),
         )
     except OSError:
         raise
@@ -270,6 +274,17 @@ class InstanceRecorder:
                     received_at=now,
                 )
                 conn.execute(insert(instances).values(**_row(stored, version)))
+                if header.attributes:
+                    conn.execute(
+                        insert(instance_attributes).values(
+                            sop_instance_uid=header.sop_instance_uid,
+                            version=version,
+                            study_instance_uid=header.study_instance_uid,
+                            series_instance_uid=header.series_instance_uid,
+                            sop_class_uid=header.sop_class_uid,
+                            **header.attributes,
+                        )
+                    )
                 new_in_study = not any(
                     r["study_instance_uid"] == header.study_instance_uid for r in earlier
                 )

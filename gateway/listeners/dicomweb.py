@@ -8,52 +8,30 @@ WADO-RS need a reviewer's read/search scope on ImagingStudy. Responses are appli
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 from aiohttp import web
 from aiohttp.helpers import parse_mimetype
 
 from gateway.ingest import InstanceRecorder
+from gateway.listeners.dicomweb_common import (
+    DICOM_JSON,
+    PREFIX,
+    accepts,
+    base_url,
+    dicom_json_response,
+    error_response,
+)
 from gateway.listeners.http import SETTINGS, authenticate
-from gateway.listeners.stow import DICOM_JSON, STOW_SENDER, StowRequest, TooLarge
+from gateway.listeners.retrieve import (
+    rendered_handler,
+    retrieve_instances,
+    retrieve_metadata,
+    search_handler,
+)
+from gateway.listeners.stow import STOW_SENDER, StowRequest, TooLarge
 from gateway.transfer_audit import TransferTally
 
-PREFIX = "/dicomweb"
 RECORDER = web.AppKey("dicomweb_recorder", InstanceRecorder)
-
-
-def dicom_json_response(body: Any, status: int = 200) -> web.Response:
-    """A response in application/dicom+json, exactly that media type."""
-    return web.Response(
-        body=json.dumps(body, separators=(",", ":")).encode(),
-        status=status,
-        content_type=DICOM_JSON,
-    )
-
-
-def error_response(status: int, comment: str) -> web.Response:
-    """A failure with its reason in Error Comment (0000,0902)."""
-    return dicom_json_response({"00000902": {"vr": "LO", "Value": [comment[:64]]}}, status)
-
-
-def base_url(request: web.Request) -> str:
-    """The public base the RetrieveURLs are built on."""
-    configured = request.app[SETTINGS].http.base_url.rstrip("/")
-    return configured or f"{request.scheme}://{request.host}"
-
-
-def accepts(request: web.Request, *media_types: str) -> bool:
-    """True when the Accept header (or its absence) allows one of `media_types`."""
-    header = request.headers.get("Accept", "")
-    if not header.strip():
-        return True
-    offered = set(media_types) | {"*/*", "application/*"}
-    for item in header.split(","):
-        media = parse_mimetype(item.strip())
-        if f"{media.type}/{media.subtype}" in offered:
-            return True
-    return False
 
 
 async def store_instances(request: web.Request) -> web.Response:
@@ -109,3 +87,23 @@ def register_dicomweb(app: web.Application, recorder: InstanceRecorder) -> None:
     app[RECORDER] = recorder
     app.router.add_post(f"{PREFIX}/studies", store_instances)
     app.router.add_post(f"{PREFIX}/studies/{{study}}", store_instances)
+    study, series = f"{PREFIX}/studies/{{study}}", f"{PREFIX}/studies/{{study}}/series/{{series}}"
+    instance = f"{series}/instances/{{instance}}"
+    routes = [
+        (f"{PREFIX}/studies", search_handler("study")),
+        (f"{PREFIX}/series", search_handler("series")),
+        (f"{PREFIX}/instances", search_handler("instance")),
+        (f"{study}/series", search_handler("series")),
+        (f"{study}/instances", search_handler("instance")),
+        (f"{series}/instances", search_handler("instance")),
+        (study, retrieve_instances),
+        (series, retrieve_instances),
+        (instance, retrieve_instances),
+        (f"{study}/metadata", retrieve_metadata),
+        (f"{series}/metadata", retrieve_metadata),
+        (f"{instance}/metadata", retrieve_metadata),
+        (f"{instance}/rendered", rendered_handler(thumbnail=False)),
+        (f"{instance}/thumbnail", rendered_handler(thumbnail=True)),
+    ]
+    for path, handler in routes:
+        app.router.add_get(path, handler)

@@ -26,7 +26,6 @@ from gateway.transfer_audit import TransferTally, audit_transfer
 
 log = logging.getLogger(__name__)
 
-DICOM_JSON = "application/dicom+json"
 CHUNK = 1024 * 1024
 STOW_SENDER = "STOW-RS"
 

@@ -82,6 +82,32 @@ instances = Table(
     Index("ix_instances_study", "study_instance_uid"),
 )
 
+# The DICOMweb index: QIDO-RS matching keys and the WADO-RS metadata of each stored version.
+instance_attributes = Table(
+    "instance_attributes",
+    metadata,
+    Column("sop_instance_uid", UID, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("study_instance_uid", UID, nullable=False),
+    Column("series_instance_uid", UID, nullable=False),
+    Column("sop_class_uid", UID, nullable=False),
+    Column("study_date", String(8), nullable=False, default=""),
+    Column("study_time", String(16), nullable=False, default=""),
+    Column("accession_number", String(64), nullable=False, default=""),
+    Column("patient_id", String(64), nullable=False, default=""),
+    Column("patient_name", String(200), nullable=False, default=""),
+    Column("study_id", String(16), nullable=False, default=""),
+    Column("study_description", String(64), nullable=False, default=""),
+    Column("referring_physician_name", String(200), nullable=False, default=""),
+    Column("modality", String(16), nullable=False, default=""),
+    Column("series_number", Integer, nullable=True),
+    Column("series_description", String(64), nullable=False, default=""),
+    Column("instance_number", Integer, nullable=True),
+    Column("dicom_json", Text, nullable=False),  # PS3.18 F.2 without bulk data
+    Index("ix_instance_attributes_study", "study_instance_uid", "series_instance_uid"),
+    Index("ix_instance_attributes_patient", "patient_id"),
+)
+
 studies = Table(
     "studies",
     metadata,
