@@ -177,7 +177,27 @@ class ScoringStep:
             # for the patient's study, which must keep standard triage.
             log.exception("scorer raised an unexpected error")
             reason = f"model error: {type(exc).__name__}"
+        if future is not None and future in self._hung:
+            await asyncio.to_thread(self._record_hung, study, use_case, reason)
         await asyncio.to_thread(self._record, study, output, reason, use_case)
+
+    def _record_hung(self, study: StudyContext, use_case: str, reason: str) -> None:
+        """Audit an abandoned inference worker (the study itself is recorded separately)."""
+        with self._engine.begin() as conn:
+            record_event(
+                conn,
+                PipelineEvent(
+                    kind=Event.SCORING_WORKER_HUNG,
+                    actor=GATEWAY_ACTOR,
+                    occurred_at=datetime.now(UTC),
+                    outcome="8",
+                    outcome_desc=f"{reason}; worker abandoned, {len(self._hung)} still running",
+                    study_instance_uid=study.study_instance_uid,
+                    patient_id=study.patient_id,
+                    encounter_id=study.encounter_id,
+                    detail={"use-case": use_case},
+                ),
+            )
 
     def _record_unrouted(self, study: StudyContext) -> None:
         """No use case applies: the study is recorded and audited, not scored."""

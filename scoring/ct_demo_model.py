@@ -26,6 +26,7 @@ from scoring.demo_model import (
     threshold_metrics,
     train_logistic,
 )
+from scoring.monitoring import reference_from
 from scoring.preprocess import dataset_to_tensor
 
 MODEL_NAME = "ct-haemorrhage"
@@ -170,8 +171,9 @@ def build_ct_demo_model() -> DemoModel:
     bias = float(np.float32(bias))
     onnx_bytes = to_ct_onnx(weights, bias)
     held = [_study(s) for s in range(HELD_OUT_SEED_BASE, HELD_OUT_SEED_BASE + HELD_OUT_STUDIES)]
-    served = []
+    served, means = [], []
     for tensors, _, _ in held:
+        means.append(float(tensors.mean()))
         expected = _sigmoid(_pooled(tensors) @ weights + bias)
         per_slice = _onnx_predict(onnx_bytes, tensors, CT_CONTRACT.input_name)
         if not np.allclose(per_slice, expected, atol=1e-4):
@@ -184,4 +186,5 @@ def build_ct_demo_model() -> DemoModel:
     metrics["held_out_count"] = float(HELD_OUT_STUDIES)
     metrics["review_threshold"] = REVIEW_THRESHOLD
     sha = hashlib.sha256(onnx_bytes).hexdigest()
-    return DemoModel(onnx_bytes, sha, CT_CONTRACT, metrics, model_card(metrics, sha))
+    reference = reference_from(served, means).to_json()
+    return DemoModel(onnx_bytes, sha, CT_CONTRACT, metrics, model_card(metrics, sha), reference)

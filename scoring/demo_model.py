@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scoring.contract import CONTRACT_ARTIFACT, InputContract
+from scoring.monitoring import reference_from
 from scoring.phantoms import make_cxr_dataset
 from scoring.preprocess import dataset_to_tensor
 
@@ -61,6 +62,7 @@ class DemoModel:
     contract: InputContract
     metrics: dict[str, float] = field(default_factory=dict)
     model_card: str = ""
+    reference_json: str = ""  # held-out score and input distributions (drift monitoring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +283,10 @@ def build_demo_model() -> DemoModel:
     metrics["held_out_count"] = float(HELD_OUT_COUNT)
     metrics["review_threshold"] = REVIEW_THRESHOLD
     sha = hashlib.sha256(onnx_bytes).hexdigest()
-    return DemoModel(onnx_bytes, sha, DEMO_CONTRACT, metrics, model_card(metrics, sha))
+    reference = reference_from(list(served), [float(t.mean()) for t in held])
+    return DemoModel(
+        onnx_bytes, sha, DEMO_CONTRACT, metrics, model_card(metrics, sha), reference.to_json()
+    )
 
 
 def write_demo_model(model: DemoModel, directory: Path) -> DemoFiles:

@@ -18,6 +18,7 @@ from gateway.domain.model import Actor, ModelIdentity
 from gateway.settings import Settings
 from scoring.demo_model import DemoModel, write_demo_model
 from scoring.governance import ModelGovernance, approval_key
+from scoring.monitoring import REFERENCE_TAG
 from scoring.registry import ModelRegistry
 
 DEMO_APPROVERS = ("Practitioner/demo-approver-1", "Practitioner/demo-approver-2")
@@ -131,6 +132,7 @@ def _setup_one(
                 "training_data": "synthetic phantoms",
                 "clinical_use": "none",
                 PROMOTION_TAG: DEMO_PROMOTION,
+                REFERENCE_TAG: model.reference_json,
             },
         ).version
     tags = registry.version(spec.name, version).tags

@@ -55,6 +55,7 @@ class ResolvedModel:
     sha256: str
     local_path: Path
     contract: InputContract
+    reference_json: str = ""  # the version's validation reference for drift monitoring
 
     def identity(self) -> ModelIdentity:
         """The identity recorded with every score."""
@@ -337,7 +338,14 @@ class ModelRegistry:
                 f"{where}: SHA-256 of {model_file} is {actual}, registered {expected}; "
                 "the file was changed after registration, refusing it"
             )
-        return ResolvedModel(name, version, expected, model_file, self._contract(mv, local_dir))
+        return ResolvedModel(
+            name,
+            version,
+            expected,
+            model_file,
+            self._contract(mv, local_dir),
+            str(mv.tags.get("validation_reference", "")),
+        )
 
     def _locate(self, source: str, name: str, version: str) -> Path:
         """The version's artifact directory on this machine, downloading remote artifacts."""

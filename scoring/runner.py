@@ -24,6 +24,7 @@ from gateway.domain.errors import GatewayError, ModelUnavailable
 from gateway.domain.model import ModelIdentity
 from gateway.ports import ModelOutput
 from scoring.ct import load_ct_volume
+from scoring.monitoring import DriftMonitor
 from scoring.preprocess import load_cxr_tensor, tensor_hash
 from scoring.registry import ModelRegistry, ResolvedModel
 
@@ -88,6 +89,7 @@ class OnnxStudyScorer:
         intra_op_threads: int = 1,
         clock: Callable[[], float] = time.monotonic,
         on_alias_change: AliasListener | None = None,
+        monitor: DriftMonitor | None = None,
     ) -> None:
         self._registry = registry
         self._model_name = model_name
@@ -100,6 +102,7 @@ class OnnxStudyScorer:
         self._checked_at: float | None = None
         self._reason = "not loaded yet"
         self._on_alias_change = on_alias_change
+        self._monitor = monitor
         self._served: ModelIdentity | None = None
         self.alias_changes = 0
 
@@ -134,6 +137,8 @@ class OnnxStudyScorer:
                 f"scoring with {loaded.model.name} v{loaded.model.version} failed: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+        if self._monitor is not None:
+            self._monitor.observe(loaded.model.identity(), score, float(tensor.mean()))
         return ModelOutput(
             score=score,
             model=loaded.model.identity(),
@@ -245,4 +250,6 @@ class OnnxStudyScorer:
                 f"onnxruntime cannot load {resolved.name} v{resolved.version}: {exc}"
             ) from exc
         batched = not isinstance(session.get_inputs()[0].shape[0], int)
+        if self._monitor is not None:
+            self._monitor.set_reference(resolved.identity(), resolved.reference_json)
         return _Loaded(resolved, session, output_name, batched)

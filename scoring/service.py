@@ -18,6 +18,7 @@ from gateway.audit.trail import record_event
 from gateway.domain.model import Actor, ModelIdentity
 from gateway.pipeline import Event, PipelineEvent
 from gateway.settings import Settings
+from scoring.monitoring import DriftMonitor
 from scoring.registry import ModelRegistry
 from scoring.routing import route_study
 from scoring.runner import OnnxStudyScorer
@@ -42,6 +43,11 @@ class ScoringService:
         self._engine = engine
         self._alias = settings.mlflow.alias
         registry = ModelRegistry(settings.mlflow_tracking_uri)
+        self.monitor = DriftMonitor(
+            level=settings.scoring.drift_psi_level,
+            window=settings.scoring.drift_window,
+            min_samples=settings.scoring.drift_min_samples,
+        )
         self._changes: Any = None
         self.scorers: dict[str, OnnxStudyScorer] = {
             use_case: OnnxStudyScorer(
@@ -50,6 +56,7 @@ class ScoringService:
                 self._alias,
                 settings.mlflow.poll_seconds,
                 on_alias_change=self._listener(use_case),
+                monitor=self.monitor,
             )
             for use_case, name in use_case_models(settings).items()
         }
@@ -66,6 +73,16 @@ class ScoringService:
             "hitl_model_served_info",
             "The model version served per use case (1), or unavailable (0).",
             self._served_samples,
+        )
+        metrics.gauge(
+            "hitl_model_drift_psi",
+            "Population stability index of recent studies against the validation reference.",
+            self.monitor.samples,
+        )
+        metrics.gauge(
+            "hitl_model_drift_flagged",
+            "1 when a version's drift is at or above scoring.drift_psi_level.",
+            self.monitor.flag_samples,
         )
 
     def _listener(
@@ -124,10 +141,21 @@ class ScoringService:
 
     def describe(self, pool: Mapping[str, object] | None = None) -> dict[str, Any]:
         """Readiness: every use case's served version (or why none) and the worker pool."""
-        use_cases = {use_case: s.describe() for use_case, s in self.scorers.items()}
+        use_cases: dict[str, dict[str, Any]] = {
+            use_case: dict(s.describe()) for use_case, s in self.scorers.items()
+        }
         healthy = all(v.get("status") == "ok" for v in use_cases.values())
         if pool is not None and pool.get("status") != "ok":
             healthy = False
+        for drift in self.monitor.facts():
+            served = use_cases.get(drift.use_case, {})
+            if served.get("version") == drift.model.version:
+                served["drift"] = {
+                    "samples": drift.samples,
+                    "score_psi": drift.score_psi,
+                    "input_psi": drift.input_psi,
+                    "flagged": drift.flagged,
+                }
         facts: dict[str, Any] = {"status": "ok" if healthy else "degraded", "use_cases": use_cases}
         if pool is not None:
             facts["workers"] = dict(pool)

@@ -67,6 +67,12 @@ def _register(args: argparse.Namespace, settings: Settings) -> int:
     ):
         raise InvalidInput("--metrics must be a JSON object of numbers")
     artifacts = {Path(p).name: Path(p).read_text(encoding="utf-8") for p in args.artifact}
+    tags: dict[str, str] = {}
+    if args.validation_reference:
+        from scoring.monitoring import REFERENCE_TAG, ValidationReference
+
+        text = Path(args.validation_reference).read_text(encoding="utf-8")
+        tags[REFERENCE_TAG] = ValidationReference.from_json(text).to_json()
     identity = _governance(settings).register(
         args.name,
         Path(args.onnx),
@@ -75,6 +81,7 @@ def _register(args: argparse.Namespace, settings: Settings) -> int:
         Path(args.model_card).read_text(encoding="utf-8"),
         _actor(args, settings),
         artifacts=artifacts,
+        tags=tags,
     )
     print(f"registered {identity.name} version {identity.version} sha256 {identity.sha256}")
     return 0
@@ -150,6 +157,10 @@ def register(sub: Any) -> None:
     reg.add_argument("--model-card", required=True, help="model card (markdown)")
     reg.add_argument(
         "--artifact", action="append", default=[], help="evaluation document (repeatable)"
+    )
+    reg.add_argument(
+        "--validation-reference",
+        help="JSON from scoring.monitoring.reference_from (held-out scores and input means)",
     )
     command("approve", "approve a version (model-approver role)", _approve).add_argument(
         "--version", required=True

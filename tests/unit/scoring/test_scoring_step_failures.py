@@ -113,7 +113,7 @@ async def test_a_hung_model_falls_back_within_the_timeout_and_degrades(engine: E
         step.close()
     with engine.connect() as conn:
         kinds = [details_of(a).get(DETAIL_EVENT) for a in search(conn, "AuditEvent")]
-    assert kinds == ["standard-triage", "standard-triage"]
+    assert kinds == ["scoring-worker-hung", "standard-triage", "standard-triage"]
 
 
 async def test_a_raising_model_falls_back_and_is_audited(engine: Engine) -> None:
