@@ -47,7 +47,7 @@ def test_orthanc_forwards_a_study_that_arrives_whole_and_unchanged(
     finally:
         pacs.stop()
     rows = gw.rows()
-    assert sorted(r["sop_instance_uid"] for r in rows) == sorted(
+    assert sorted(str(r["sop_instance_uid"]) for r in rows) == sorted(
         str(pydicom.dcmread(p).SOPInstanceUID) for p in files
     )
     assert {r["calling_ae"] for r in rows} == {"ORTHANC"}
