@@ -103,8 +103,9 @@ def study_row(
 def instance_row(uid: str = STUDY_UID) -> dict[str, Any]:
     """One stored CR instance of the study."""
     return {
-        "sop_instance_uid": f"{uid}.1.1", "version": 1, "sop_class_uid": "1.2.840.10008.5.1.4.1.1.1",
-        "study_instance_uid": uid, "series_instance_uid": f"{uid}.1", "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+        "sop_instance_uid": f"{uid}.1.1", "version": 1,
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.1", "study_instance_uid": uid,
+        "series_instance_uid": f"{uid}.1", "transfer_syntax_uid": "1.2.840.10008.1.2.1",
         "modality": "CR", "path": "/spool/x.dcm", "size": 10, "sha256": "ef" * 32,
         "calling_ae": "MODALITY", "received_at": datetime.now(UTC),
     }  # fmt: skip

@@ -21,7 +21,8 @@ async def test_read_create_update_responses_carry_etag_and_last_modified(fhir: F
     assert response.headers["ETag"] == 'W/"2"'
     assert response.headers["Last-Modified"].endswith(" GMT")
     vread = await fhir.client.get(f"/fhir/Task/{fhir.task_id}/_history/1", headers=fhir.auth())
-    assert vread.headers["ETag"] == 'W/"1"' and "Last-Modified" in vread.headers
+    assert vread.headers["ETag"] == 'W/"1"'
+    assert "Last-Modified" in vread.headers
 
 
 async def test_put_with_stale_if_match_is_412_and_no_new_version(fhir: FhirGateway) -> None:
@@ -74,7 +75,8 @@ async def test_create_returns_201_and_location_with_history(fhir: FhirGateway) -
     assert response.headers["Location"] == (
         f"http://127.0.0.1:8080/fhir/Task/{created['id']}/_history/1"
     )
-    assert response.headers["ETag"] == 'W/"1"' and "Last-Modified" in response.headers
+    assert response.headers["ETag"] == 'W/"1"'
+    assert "Last-Modified" in response.headers
     assert created["status"] == "requested"
     assert created["businessStatus"]["coding"][0]["code"] == "escalated-by-reviewer"
     assert created["for"] == {"reference": "Patient/pat-9", "type": "Patient"}
@@ -165,7 +167,8 @@ async def test_vread_and_history_instance(fhir: FhirGateway) -> None:
     task, etag = await fhir.read_task()
     await fhir.put_task(dict(task, status="in-progress"), etag)
     v1 = await fhir.get(f"Task/{fhir.task_id}/_history/1")
-    assert v1["status"] == "requested" and v1["meta"]["versionId"] == "1"
+    assert v1["status"] == "requested"
+    assert v1["meta"]["versionId"] == "1"
     history = await fhir.get(f"Task/{fhir.task_id}/_history")
     assert history["type"] == "history"
     assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
