@@ -52,10 +52,12 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     """Run the DIMSE and HTTP listeners and the pipeline workers until stopped."""
     from adapters.worklist.mllp import MllpWorklistUpdater
     from gateway.assembly import StudyAssembler
+    from gateway.audit.checkpoint import checkpointer
     from gateway.auth.tokens import TokenValidator
     from gateway.ingest import InstanceRecorder
     from gateway.listeners.dimse import DimseListener
     from gateway.listeners.http import build_http_app
+    from gateway.listeners.rest_audit import attach_audit
     from gateway.outbox import OutboxDispatcher
     from gateway.persistence.db import make_engine
     from gateway.persistence.migrate import current_revision
@@ -110,6 +112,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         lambda: _readiness(engine, scorer, lambda: any(not w.done() for w in workers)),
     )
     dimse = DimseListener(settings, recorder)
+    attach_audit(app)  # BALP REST audit of every FHIR interaction; Bulk Data $export
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -128,6 +131,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         stack.callback(step.close)
         workers.append(asyncio.create_task(step.run_forever(stop), name="scoring"))
         workers.append(asyncio.create_task(dispatcher.run_forever(stop), name="outbox"))
+        workers.append(
+            asyncio.create_task(checkpointer(engine, settings, stop), name="audit-checkpoints")
+        )
         workers.append(
             asyncio.create_task(run_sweeper(engine, settings, stop), name="review-sla")
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,9 +22,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 
 from gateway.audit.activity import activity_event
-from gateway.audit.signing import AuditKeyring
+from gateway.audit.signing import AuditKeyring, keys_dir_for
 from gateway.audit.trail import HEAD_ID, AuditTrailError, append
 from gateway.persistence.tables import audit_checkpoint, audit_head
+from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -223,3 +224,14 @@ def _from_row(row: Row[Any]) -> Checkpoint:
         retained=str(row.retained),
         jws=str(row.jws),
     )
+
+
+def checkpointer(
+    engine: Engine, settings: Settings, stop: asyncio.Event
+) -> Coroutine[Any, Any, None]:
+    """The periodic-checkpoint worker of `serve`, configured from `settings.audit`."""
+    keyring = AuditKeyring(keys_dir_for(settings.storage.data_dir, settings.audit.keys_dir))
+    policy = CheckpointPolicy(
+        settings.audit.checkpoint_every_records, settings.audit.checkpoint_every_seconds
+    )
+    return run_checkpointer(engine, keyring, policy, stop)

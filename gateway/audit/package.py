@@ -82,29 +82,34 @@ class _Collected:
     tally: ComplianceTally = field(default_factory=ComplianceTally)
 
 
-class _Masker:
+class PhiMasker:
+    """Keyed pseudonyms for patient and encounter ids (one random key per export, not kept)."""
+
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._key = secrets.token_bytes(32)
 
     def pseudonym(self, value: str) -> str:
+        """The pseudonym of one id."""
         return "masked-" + hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:16]
 
     def text(self, text: str) -> str:
+        """Masked canonical JSON of a stored resource (unchanged when masking is off)."""
         if not self.enabled:
             return text
         document = json.loads(text)
-        return canonical_json(self._walk(document))
+        return canonical_json(self.resource(document))
 
-    def _walk(self, node: Any) -> Any:
+    def resource(self, node: Any) -> Any:
+        """The masked copy of a resource (or any JSON value)."""
         if isinstance(node, dict):
             reference = node.get("reference")
-            masked = {k: self._walk(v) for k, v in node.items()}
+            masked = {k: self.resource(v) for k, v in node.items()}
             if isinstance(reference, str) and reference.startswith("Patient/"):
                 masked.pop("display", None)
             return masked
         if isinstance(node, list):
-            return [self._walk(v) for v in node]
+            return [self.resource(v) for v in node]
         if isinstance(node, str):
             return _MASKED_REFERENCE.sub(lambda m: f"{m[1]}/{self.pseudonym(m[2])}", node)
         return node
@@ -153,7 +158,7 @@ def export_package(
     if out.exists() and any(out.iterdir()):
         raise InvalidInput(f"{out} is not empty", code="value")
     out.mkdir(parents=True, exist_ok=True)
-    masker = _Masker(request.mask_phi)
+    masker = PhiMasker(request.mask_phi)
     collected = _Collected()
     files = [
         *_write_records(engine, out, request, masker, collected),
@@ -199,7 +204,7 @@ def export_package(
 
 
 def _write_records(
-    engine: Engine, out: Path, request: ExportRequest, masker: _Masker, collected: _Collected
+    engine: Engine, out: Path, request: ExportRequest, masker: PhiMasker, collected: _Collected
 ) -> list[dict[str, Any]]:
     outputs = {t: _Output(out / f"{t}.ndjson") for t in ("AuditEvent", "Provenance")}
     chain = _Output(out / "chain.ndjson")
@@ -250,7 +255,7 @@ def _note(document: Mapping[str, Any], collected: _Collected) -> None:
 
 
 def _write_tasks(
-    engine: Engine, out: Path, task_ids: set[str], masker: _Masker
+    engine: Engine, out: Path, task_ids: set[str], masker: PhiMasker
 ) -> list[dict[str, Any]]:
     output = _Output(out / "Task.ndjson")
     ordered = sorted(task_ids)
@@ -270,7 +275,7 @@ def _models(
     engine: Engine,
     collected: _Collected,
     source: ModelCardSource | None,
-    masker: _Masker,
+    masker: PhiMasker,
 ) -> list[dict[str, Any]]:
     models = []
     for (name, version), sha256 in sorted(collected.models.items()):
