@@ -125,3 +125,16 @@ def test_first_instance_of_the_study_is_scored(tmp_path: Path) -> None:
 def test_empty_study_is_refused() -> None:
     with pytest.raises(ValueError, match="no instances"):
         load_cxr_tensor([], DEMO_CONTRACT)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"), [((2500, 2000), (512, 384)), ((300, 200), (77, 45)), ((100, 50), (40, 80))]
+)
+def test_fast_area_resize_equals_the_resampling_matrices(
+    shape: tuple[int, int], size: tuple[int, int]
+) -> None:
+    from scoring.preprocess import _resample_matrix, resize
+
+    image = np.random.default_rng(0).normal(size=shape)
+    dense = _resample_matrix(shape[0], size[0]) @ image @ _resample_matrix(shape[1], size[1]).T
+    np.testing.assert_allclose(resize(image, *size), dense, atol=1e-12)
