@@ -1,4 +1,4 @@
-"""Every route of the FHIR table × every role (default scopes) and × every SMART scope letter:
+"""Every route of the FHIR table x every role (default scopes) and x every SMART scope letter:
 the expected 401/403/allowed. "Allowed" means the request passed authorisation (any status
 other than 401/403; write bodies are deliberately empty, so they stop at 400)."""
 
@@ -46,7 +46,7 @@ def _path(fhir: FhirGateway, route: Route) -> str:
 
 async def _status(fhir: FhirGateway, route: Route, token: str | None) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    body = {} if route.method in {"POST", "PUT"} else None
+    body: dict[str, str] | None = {} if route.method in {"POST", "PUT"} else None
     response = await fhir.client.request(
         route.method, _path(fhir, route), json=body, headers=headers
     )
