@@ -50,15 +50,21 @@ async def _reap_spool(engine: Engine, settings: Settings) -> None:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run the DIMSE and HTTP listeners and the pipeline workers until stopped."""
-    from adapters.worklist.mllp import MllpWorklistUpdater
+    from adapters.worklist.factory import build_alert_updater, build_updaters
+    from adapters.worklist.http_peer import read_secret
     from gateway.assembly import StudyAssembler
     from gateway.audit.checkpoint import checkpointer
     from gateway.auth.tokens import TokenValidator
     from gateway.ingest import InstanceRecorder
+    from gateway.transfer_audit import audit_interrupted_transfers
     from gateway.listeners.dimse import DimseListener
+    from gateway.listeners.dicomweb import register_dicomweb
+    await asyncio.to_thread(audit_interrupted_transfers, engine)
     from gateway.listeners.http import build_http_app
+    from gateway.listeners.metrics_route import add_metrics_route
+    from gateway.metrics import Metrics
     from gateway.listeners.rest_audit import attach_audit
-    from gateway.outbox import OutboxDispatcher
+    from gateway.outbox import ALERT_DESTINATION, OutboxDispatcher, count_by_state
     from gateway.persistence.db import make_engine
     from gateway.persistence.migrate import current_revision
     from gateway.review_service import ReviewService
@@ -71,7 +77,6 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     stop = stop or asyncio.Event()
     engine = make_engine(settings.database_url)
     if current_revision(engine) is None:
-    from gateway.listeners.dicomweb import register_dicomweb
         raise SystemExit("the database is not migrated: run `hitl-gateway db upgrade` first")
     worker = worker_identity()
     settings.storage.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -94,14 +99,22 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         scorer=scorer,
         write_review_task=review.create_review_task,
     )
-    updaters: dict[str, Any] = {}
-    if settings.worklist.hl7_host:
-        updaters["hl7"] = MllpWorklistUpdater(
-            settings.worklist.hl7_host,
-            settings.worklist.hl7_port,
-            timeout=settings.worklist.ack_timeout_seconds,
-        )
-    dispatcher = OutboxDispatcher(engine, updaters, settings.worklist, worker)
+    metrics = Metrics()
+    metrics.gauge(
+        "hitl_outbox_rows", "Outbox rows by destination and state.", lambda: count_by_state(engine)
+    )
+    updaters: dict[str, Any] = dict(build_updaters(settings.worklist))
+    alert = build_alert_updater(settings.worklist)
+    if alert is not None:
+        updaters[ALERT_DESTINATION] = alert
+    dispatcher = OutboxDispatcher(
+        engine,
+        updaters,
+        settings.worklist,
+        worker,
+        metrics=metrics,
+        alert_destination=ALERT_DESTINATION if alert is not None else "",
+    )
 
     workers: list[asyncio.Task[None]] = []
     app = build_http_app(
@@ -111,6 +124,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         TokenValidator(settings),
         lambda: _readiness(engine, scorer, lambda: any(not w.done() for w in workers)),
     )
+    add_metrics_route(app, metrics, read_secret(settings.http.metrics_token_file))
     dimse = DimseListener(settings, recorder)
     attach_audit(app)  # BALP REST audit of every FHIR interaction; Bulk Data $export
 
@@ -123,6 +137,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
+        for updater in updaters.values():
+            if hasattr(updater, "aclose"):
+                stack.push_async_callback(updater.aclose)
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
         await site.start()
         dimse.start()

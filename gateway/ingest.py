@@ -174,11 +174,21 @@ class InstanceRecorder:
         return self._engine
 
     def record(
-        self, path: Path, header: ParsedHeader, calling_ae: str, *, peer_address: str = ""
+        self,
+        path: Path,
+        header: ParsedHeader,
+        calling_ae: str,
+        *,
+        peer_address: str = "",
+        transfer_id: str | None = None,
     ) -> IngestOutcome:
-        """Spool and record one received instance (the file at `path` is copied, not moved)."""
+        """Spool and record one received instance (the file at `path` is copied, not moved).
+
+        With a `transfer_id` the instance is audited by its association's or request's DICOM
+        Instances Transferred summary (gateway.transfer_audit); without one, by its own record.
+        """
         version, spooled = self._spool_next_version(path, header)
-        outcome = self._commit(spooled, version, header, calling_ae, peer_address)
+        outcome = self._commit(spooled, version, header, calling_ae, peer_address, transfer_id)
         if outcome.disposition is Disposition.DUPLICATE:
             # The identical bytes are already recorded under another version; the copy is
             # removed only after the commit, so a failed commit never loses a referenced file.
@@ -239,6 +249,7 @@ class InstanceRecorder:
         header: ParsedHeader,
         calling_ae: str,
         peer_address: str,
+        transfer_id: str | None = None,
     ) -> IngestOutcome:
         now = self._clock()
         with self._engine.begin() as conn:
@@ -273,7 +284,13 @@ class InstanceRecorder:
                     calling_ae=calling_ae.strip()[:16],
                     received_at=now,
                 )
-                conn.execute(insert(instances).values(**_row(stored, version)))
+                conn.execute(
+                    insert(instances).values(
+                        **_row(stored, version),
+                        transfer_id=transfer_id,
+                        transfer_audited=transfer_id is None,
+                    )
+                )
                 if header.attributes:
                     conn.execute(
                         insert(instance_attributes).values(
@@ -290,25 +307,36 @@ class InstanceRecorder:
                 )
                 previous_state = self._upsert_study(conn, header, now, new_in_study)
                 outcome = IngestOutcome(disposition, stored, version)
-            event = self._stored_event(
-                outcome, header, now, sender_actor(calling_ae, peer_address), previous_state
-            )
-            record_event(conn, event)
+            reopened = previous_state not in ("", StudyState.RECEIVING.value)
+            # The association's summary counts plain receipts; a new version or a re-opened
+            # study is a change worth its own record, as is any receipt outside a transfer.
+            if transfer_id is None or outcome.is_warning or reopened:
+                event = self._stored_event(
+                    outcome, header, now, sender_actor(calling_ae, peer_address), previous_state
+                )
+                record_event(conn, event)
         return outcome
 
     def _upsert_study(
         self, conn: Connection, header: ParsedHeader, now: datetime, new_in_study: bool
     ) -> str:
         existing = conn.execute(
-            select(studies.c.state, studies.c.modality).where(
-                studies.c.study_instance_uid == header.study_instance_uid
-            )
+            select(
+                studies.c.state,
+                studies.c.modality,
+                studies.c.complete_by,
+                studies.c.expected_instances,
+            ).where(studies.c.study_instance_uid == header.study_instance_uid)
         ).first()
         quiet = self._settings.assembly.quiet_period(header.modality)
         if existing is not None and existing.modality:
             # A study of mixed modalities waits as long as its slowest modality asks for.
             quiet = max(quiet, self._settings.assembly.quiet_period(existing.modality))
         due = now + timedelta(seconds=quiet)
+        receiving_now = existing is not None and existing.state == StudyState.RECEIVING.value
+        if receiving_now and existing is not None and existing.complete_by is not None:
+            # Never past the maximum wait of the study being received.
+            due = min(due, existing.complete_by)
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         stmt = dialect.insert(studies).values(
             study_instance_uid=header.study_instance_uid,
@@ -364,28 +392,24 @@ class InstanceRecorder:
             },
         )
         conn.execute(stmt)
-        self._apply_completion_rules(conn, header.study_instance_uid, now)
+        if header.expected_instances is not None or (
+            existing is not None and existing.expected_instances is not None
+        ):
+            self._complete_on_count(conn, header.study_instance_uid, now)
         return "" if existing is None else str(existing.state)
 
     @staticmethod
-    def _apply_completion_rules(conn: Connection, study_uid: str, now: datetime) -> None:
-        """Bring the quiet deadline forward: expected count reached → now; never past the
-        maximum wait. Runs after the upsert, on the row this transaction has locked."""
-        this = studies.c.study_instance_uid == study_uid
+    def _complete_on_count(conn: Connection, study_uid: str, now: datetime) -> None:
+        """Expected count reached → stable now. Runs after the upsert, on the row this
+        transaction has locked, so concurrent associations of one study count exactly."""
         conn.execute(
             update(studies)
             .where(
-                this,
+                studies.c.study_instance_uid == study_uid,
                 studies.c.expected_instances.is_not(None),
                 studies.c.instance_count >= studies.c.expected_instances,
             )
             .values(stable_due_at=now)
-        )
-        conn.execute(
-            update(studies)
-            .where(this, studies.c.complete_by.is_not(None))
-            .where(studies.c.complete_by < studies.c.stable_due_at)
-            .values(stable_due_at=studies.c.complete_by)
         )
 
     @staticmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -22,13 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, exists, or_, select, update
+from sqlalchemy import Connection, Engine, Row, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from gateway.audit.trail import record_event
 from gateway.domain.errors import DeliveryFailed, DeliveryRefused, IllegalTransition, NotFound
 from gateway.domain.model import Actor
+from gateway.metrics import Metrics
 from gateway.persistence.tables import outbox, studies
 from gateway.pipeline import Event, PipelineEvent
 from gateway.ports import WorklistMessage, WorklistUpdater
@@ -42,8 +44,20 @@ DEAD = "dead"
 GATEWAY_ACTOR = Actor(reference="Device/hitl-gateway", display="hitl-gateway")
 # A retry waits 80-100 % of its backoff, so replicas and peers do not retry in lock-step.
 JITTER_FRACTION = 0.2
+DEAD_LETTER_ALERT_KIND = "dead-letter-alert"
+ALERT_DESTINATION = "dead-letter-alerts"
 LEASE_MARGIN_SECONDS = 30.0
 _SYSTEM_RANDOM = random.SystemRandom()
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The outcome of one delivery attempt, before it is settled."""
+
+    row: Row[Any]
+    ack_id: str = ""
+    error: str | None = None
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +177,18 @@ class OutboxDispatcher:
         batch_size: int = 10,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rand: Callable[[], float] = _SYSTEM_RANDOM.random,
+        metrics: Metrics | None = None,
+        alert_destination: str = "",
     ) -> None:
         self._engine = engine
+        self._metrics = metrics or Metrics()
+        self._alert_destination = alert_destination
+        self._outcomes = self._metrics.counter(
+            "hitl_worklist_attempts_total", "Worklist delivery attempts by destination and outcome."
+        )
+        self._dead_letters = self._metrics.counter(
+            "hitl_worklist_dead_letters_total", "Worklist changes dead-lettered, by destination."
+        )
         self._updaters = dict(updaters)
         self._settings = settings
         self._worker_id = worker_id
@@ -178,17 +202,29 @@ class OutboxDispatcher:
         )
 
     async def run_once(self, now: datetime | None = None) -> int:
-        """Claim the rows due at `now`, deliver them, settle each; the number of rows handled."""
+        """Claim the rows due at `now`, deliver them, settle them; the number of rows handled.
+
+        A claim holds at most one row per destination and study (the ordering rule), so the
+        rows of one pass are independent and are sent concurrently, up to `max_in_flight` per
+        destination; their outcomes are then settled in one transaction.
+        """
         if not self._updaters:
             return 0
         at = _utc(now or self._clock())
         claimed = await asyncio.to_thread(self._claim, at)
-        by_destination: dict[str, list[Row[Any]]] = {}
-        for row in claimed:
-            by_destination.setdefault(row.destination, []).append(row)
-        async with asyncio.TaskGroup() as group:
-            for rows in by_destination.values():
-                group.create_task(self._deliver_in_order(rows, at))
+        if not claimed:
+            return 0
+        limits = {
+            d: asyncio.Semaphore(max(1, self._settings.max_in_flight))
+            for d in {r.destination for r in claimed}
+        }
+
+        async def attempt(row: Row[Any]) -> Attempt:
+            async with limits[row.destination]:
+                return await self._attempt(row)
+
+        outcomes = await asyncio.gather(*(attempt(r) for r in claimed))
+        await asyncio.to_thread(self._settle_all, outcomes, at)
         return len(claimed)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -249,17 +285,14 @@ class OutboxDispatcher:
                 outbox.c.kind,
                 outbox.c.payload,
                 outbox.c.attempts,
+                outbox.c.created_at,
             )
         )
         with self._engine.begin() as conn:
             rows = list(conn.execute(stmt))
         return sorted(rows, key=lambda r: int(r.id))
 
-    async def _deliver_in_order(self, rows: list[Row[Any]], now: datetime) -> None:
-        for row in rows:
-            await self._deliver(row, now)
-
-    async def _deliver(self, row: Row[Any], now: datetime) -> None:
+    async def _attempt(self, row: Row[Any]) -> Attempt:
         message = WorklistMessage(
             outbox_id=int(row.id),
             idempotency_key=row.idempotency_key,
@@ -267,54 +300,114 @@ class OutboxDispatcher:
             kind=row.kind,
             payload=row.payload,
         )
-        updater = self._updaters[row.destination]
         try:
-            ack_id = await updater.deliver(message)
+            ack_id = await self._updaters[row.destination].deliver(message)
         except DeliveryRefused as exc:
-            await asyncio.to_thread(self._settle_failure, row, now, exc.message, refused=True)
+            return Attempt(row, error=exc.message, refused=True)
         except DeliveryFailed as exc:
-            await asyncio.to_thread(self._settle_failure, row, now, exc.message, refused=False)
+            return Attempt(row, error=exc.message)
         except Exception as exc:
             # An updater broke its contract; the row still gets bounded retries and an audit
             # record instead of a stuck lease and a dead dispatcher.
             log.exception("worklist updater %r raised %s", row.destination, type(exc).__name__)
-            await asyncio.to_thread(self._settle_failure, row, now, repr(exc), refused=False)
-        else:
-            await asyncio.to_thread(self._settle_success, row, now, ack_id)
+            return Attempt(row, error=repr(exc))
+        return Attempt(row, ack_id=ack_id)
 
-    def _settle_success(self, row: Row[Any], now: datetime, ack_id: str) -> None:
+    def _settle_all(self, outcomes: list[Attempt], now: datetime) -> None:
         at = max(now, _utc(self._clock()))
+        counted: list[tuple[Attempt, bool]] = []
         with self._engine.begin() as conn:
-            if not self._settle(conn, row, state=DELIVERED, delivered_at=at, last_error=""):
-                return
-            self._audit(
-                conn, row, Event.WORKLIST_DELIVERED, at, "0", "", {"acknowledgement-id": ack_id}
+            for outcome in outcomes:
+                if outcome.error is None:
+                    settled = self._settle_success(conn, outcome.row, at, outcome.ack_id)
+                    counted.append((outcome, False))
+                else:
+                    dead = self._settle_failure(conn, outcome, at)
+                    settled = dead is not None
+                    counted.append((outcome, bool(dead)))
+                if not settled:
+                    counted.pop()
+        for outcome, dead in counted:
+            destination = outcome.row.destination
+            kind = "delivered" if outcome.error is None else "failed"
+            self._outcomes.inc(
+                destination=destination, outcome="refused" if outcome.refused else kind
             )
+            if dead:
+                self._dead_letters.inc(destination=destination)
+                log.error(
+                    "worklist change %s to %s dead-lettered: %s",
+                    outcome.row.id,
+                    destination,
+                    outcome.error,
+                )
 
-    def _settle_failure(self, row: Row[Any], now: datetime, error: str, *, refused: bool) -> None:
-        at = max(now, _utc(self._clock()))
+    def _settle_success(self, conn: Connection, row: Row[Any], at: datetime, ack_id: str) -> bool:
+        if not self._settle(conn, row, state=DELIVERED, delivered_at=at, last_error=""):
+            return False
+        self._audit(
+            conn, row, Event.WORKLIST_DELIVERED, at, "0", "", {"acknowledgement-id": ack_id}
+        )
+        return True
+
+    def _settle_failure(self, conn: Connection, outcome: Attempt, at: datetime) -> bool | None:
+        """Record a failed attempt; True when dead-lettered, False when retried, None if lost."""
+        row, error, refused = outcome.row, outcome.error or "", outcome.refused
         attempts = int(row.attempts) + 1
-        dead = refused or attempts >= self._settings.max_attempts
+        age = (at - _read_utc(row.created_at)).total_seconds()
+        too_old = 0 < self._settings.max_age_seconds <= age
+        dead = refused or too_old or attempts >= self._settings.max_attempts
         next_at = at + timedelta(
             seconds=backoff_delay(int(row.attempts), self._settings, self._rand)
         )
-        with self._engine.begin() as conn:
-            settled = self._settle(
-                conn,
-                row,
-                state=DEAD if dead else PENDING,
-                attempts=attempts,
-                next_attempt_at=next_at,
-                last_error=error,
-            )
-            if not settled:
-                return
-            more = {"attempt": str(attempts), "error": error}
-            self._audit(conn, row, Event.WORKLIST_ATTEMPTED, at, "4", error, more)
-            if dead:
-                why = "refused by the peer" if refused else f"{attempts} attempts failed"
-                more["dead-letter-reason"] = why
-                self._audit(conn, row, Event.WORKLIST_DEAD_LETTERED, at, "8", why, more)
+        settled = self._settle(
+            conn,
+            row,
+            state=DEAD if dead else PENDING,
+            attempts=attempts,
+            next_attempt_at=next_at,
+            last_error=error,
+        )
+        if not settled:
+            return None
+        more = {"attempt": str(attempts), "error": error}
+        self._audit(conn, row, Event.WORKLIST_ATTEMPTED, at, "4", error, more)
+        if dead:
+            why = "refused by the peer" if refused else f"{attempts} attempts failed"
+            if too_old and not refused:
+                why = f"undelivered after {age:.0f} s (max_age_seconds)"
+            more["dead-letter-reason"] = why
+            self._audit(conn, row, Event.WORKLIST_DEAD_LETTERED, at, "8", why, more)
+            self._raise_alert(conn, row, at, why, error)
+        return dead
+
+    def _raise_alert(
+        self, conn: Connection, row: Row[Any], at: datetime, why: str, error: str
+    ) -> None:
+        """Queue the dead-letter alert in the same transaction (never for an alert itself)."""
+        if not self._alert_destination or row.kind == DEAD_LETTER_ALERT_KIND:
+            return
+        document = {
+            "type": "worklist.dead-letter",
+            "outbox_id": int(row.id),
+            "destination": row.destination,
+            "idempotency_key": row.idempotency_key,
+            "study_instance_uid": row.study_instance_uid,
+            "reason": why,
+            "last_error": error,
+            "at": at.isoformat(),
+        }
+        enqueue(
+            conn,
+            destination=self._alert_destination,
+            idempotency_key=f"dead-letter:{row.id}:{at.isoformat()}",
+            study_uid=row.study_instance_uid,
+            kind=DEAD_LETTER_ALERT_KIND,
+            payload=json.dumps(document, sort_keys=True),
+            actor=GATEWAY_ACTOR,
+            patient_id=_patient_of(conn, row.study_instance_uid),
+            now=at,
+        )
 
     def _settle(self, conn: Connection, row: Row[Any], **values: Any) -> bool:
         result = conn.execute(
@@ -412,6 +505,23 @@ def replay(
         )
 
 
+def _as_row(r: Row[Any]) -> OutboxRow:
+    return OutboxRow(
+        id=int(r.id),
+        destination=r.destination,
+        idempotency_key=r.idempotency_key,
+        study_instance_uid=r.study_instance_uid,
+        kind=r.kind,
+        payload=r.payload,
+        state=r.state,
+        attempts=int(r.attempts),
+        next_attempt_at=_read_utc(r.next_attempt_at),
+        last_error=r.last_error,
+        created_at=_read_utc(r.created_at),
+        delivered_at=None if r.delivered_at is None else _read_utc(r.delivered_at),
+    )
+
+
 def list_rows(
     engine: Engine, state: str | None = None, *, limit: int | None = None
 ) -> list[OutboxRow]:
@@ -420,20 +530,20 @@ def list_rows(
     if state is not None:
         query = query.where(outbox.c.state == state)
     with engine.connect() as conn:
-        return [
-            OutboxRow(
-                id=int(r.id),
-                destination=r.destination,
-                idempotency_key=r.idempotency_key,
-                study_instance_uid=r.study_instance_uid,
-                kind=r.kind,
-                payload=r.payload,
-                state=r.state,
-                attempts=int(r.attempts),
-                next_attempt_at=_read_utc(r.next_attempt_at),
-                last_error=r.last_error,
-                created_at=_read_utc(r.created_at),
-                delivered_at=None if r.delivered_at is None else _read_utc(r.delivered_at),
-            )
-            for r in conn.execute(query)
-        ]
+        return [_as_row(r) for r in conn.execute(query)]
+
+
+def get_row(engine: Engine, outbox_id: int) -> OutboxRow | None:
+    """One outbox row, or None."""
+    with engine.connect() as conn:
+        row = conn.execute(select(outbox).where(outbox.c.id == outbox_id)).one_or_none()
+    return None if row is None else _as_row(row)
+
+
+def count_by_state(engine: Engine) -> list[tuple[dict[str, str], float]]:
+    """(labels, rows) per destination and state, for the outbox gauge at scrape time."""
+    query = select(outbox.c.destination, outbox.c.state, func.count()).group_by(
+        outbox.c.destination, outbox.c.state
+    )
+    with engine.connect() as conn:
+        return [({"destination": d, "state": st}, float(n)) for d, st, n in conn.execute(query)]

@@ -33,6 +33,14 @@ class Event(enum.StrEnum):
     WORKLIST_DELIVERED = "worklist-delivered"
     WORKLIST_DEAD_LETTERED = "worklist-dead-lettered"
     AUTHENTICATION_FAILED = "authentication-failed"
+    STUDY_UNROUTED = "study-unrouted"
+    MODEL_REGISTERED = "model-registered"
+    MODEL_APPROVED = "model-approved"
+    MODEL_PROMOTED = "model-promoted"
+    MODEL_ROLLED_BACK = "model-rolled-back"
+    MODEL_REFUSED = "model-refused"
+    MODEL_ALIAS_CHANGED = "model-alias-changed"
+    SCORING_WORKER_HUNG = "scoring-worker-hung"
     REVIEW_STATUS_CHANGED = "review-status-changed"
     SECONDARY_REVIEW_REQUESTED = "secondary-review-requested"
     REVIEW_ESCALATED = "review-escalated"
@@ -74,6 +82,13 @@ PIPELINE: dict[Event, Stage] = {
             "C",
         ),
         Stage(
+            Event.INSTANCES_TRANSFERRED,
+            "gateway.transfer_audit",
+            "none: one summary per association or STOW-RS request",
+            (DCM, "110104", "DICOM Instances Transferred"),
+            "C",
+        ),
+        Stage(
             Event.STUDY_STABLE,
             "gateway.assembly",
             "scoring: route and score the study",
@@ -81,13 +96,6 @@ PIPELINE: dict[Event, Stage] = {
             "E",
         ),
         Stage(
-        Stage(
-            Event.INSTANCES_TRANSFERRED,
-            "gateway.transfer_audit",
-            "none: one summary per association or STOW-RS request",
-            (DCM, "110104", "DICOM Instances Transferred"),
-            "C",
-        ),
             Event.STUDY_SCORED,
             "gateway.scoring_step",
             "review: Task if the score reaches the threshold",
@@ -155,6 +163,62 @@ PIPELINE: dict[Event, Stage] = {
             "gateway.listeners.http",
             "none: 401/403 answered",
             (DCM, "110114", "User Authentication"),
+            "E",
+        ),
+        Stage(
+            Event.STUDY_UNROUTED,
+            "gateway.scoring_step",
+            "none: no use case routes the study; recorded, not scored",
+            (DCM, "110100", "Application Activity"),
+            "E",
+        ),
+        Stage(
+            Event.MODEL_REGISTERED,
+            "scoring.governance",
+            "approvers: review and approve the version",
+            (DCM, "110100", "Application Activity"),
+            "C",
+        ),
+        Stage(
+            Event.MODEL_APPROVED,
+            "scoring.governance",
+            "promote: evaluate the promotion policy",
+            (DCM, "110100", "Application Activity"),
+            "U",
+        ),
+        Stage(
+            Event.MODEL_PROMOTED,
+            "scoring.governance",
+            "gateway: serve the version at the next registry poll",
+            (DCM, "110100", "Application Activity"),
+            "U",
+        ),
+        Stage(
+            Event.MODEL_ROLLED_BACK,
+            "scoring.governance",
+            "gateway: serve the earlier version at the next registry poll",
+            (DCM, "110100", "Application Activity"),
+            "U",
+        ),
+        Stage(
+            Event.MODEL_REFUSED,
+            "scoring.governance",
+            "none: the registry and the alias are unchanged",
+            (DCM, "110100", "Application Activity"),
+            "E",
+        ),
+        Stage(
+            Event.MODEL_ALIAS_CHANGED,
+            "scoring.runner",
+            "scoring: the next study is scored by the served version",
+            (DCM, "110100", "Application Activity"),
+            "E",
+        ),
+        Stage(
+            Event.SCORING_WORKER_HUNG,
+            "gateway.scoring_step",
+            "operator: the study kept standard triage; the worker was replaced",
+            (DCM, "110100", "Application Activity"),
             "E",
         ),
         Stage(

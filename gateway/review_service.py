@@ -17,7 +17,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
-from adapters.worklist.hl7_messages import build_omi_o23, new_control_id
 from fhir_mapping import task as task_map
 from fhir_mapping.provenance import decision_provenance, scoring_provenance, workflow_provenance
 from fhir_mapping.review_input import ReviewCommand, parse_task_update
@@ -35,6 +34,7 @@ from gateway.domain.model import Actor, Decision, ReviewDecision, ScoreResult, S
 from gateway.domain.priority import Priority
 from gateway.domain.task_states import TaskStatus, check_transition
 from gateway.domain.triage import proposed_priority
+from gateway.domain.worklist import PRIORITY_CHANGE_KIND, PriorityChange
 from gateway.outbox import enqueue
 from gateway.persistence.tables import studies
 from gateway.pipeline import Event, PipelineEvent
@@ -45,8 +45,6 @@ from gateway.tasks import TaskRepository
 
 GATEWAY_DEVICE = "Device/hitl-gateway"
 REVIEWER_ROLE = "reviewer"
-HL7_DESTINATION = "hl7"
-HL7_KIND = "hl7-omi-o23"
 _ETAG = re.compile(r'^(?:W/)?"?(?P<version>\d+)"?$')
 _ESCALATING = frozenset({Decision.APPROVE, Decision.OVERRIDE})
 _CLAIMING = frozenset({TaskStatus.ACCEPTED, TaskStatus.IN_PROGRESS})
@@ -298,19 +296,20 @@ class ReviewService:
             ),
         )
         if worklist is not None:
-            enqueue(
-                conn,
-                destination=HL7_DESTINATION,
-                idempotency_key=f"{facts.task_id}:{new_version}",
-                study_uid=facts.study_instance_uid,
-                kind=HL7_KIND,
-                payload=worklist,
-                actor=principal.actor,
-                patient_id=facts.patient_id,
-                now=now,
-                encounter_id=facts.encounter_id,
-                request_id=request_id,
-            )
+            for destination in self._settings.worklist.all_destinations():
+                enqueue(
+                    conn,
+                    destination=destination.name,
+                    idempotency_key=worklist.idempotency_key,
+                    study_uid=facts.study_instance_uid,
+                    kind=PRIORITY_CHANGE_KIND,
+                    payload=worklist.to_json(),
+                    actor=principal.actor,
+                    patient_id=facts.patient_id,
+                    now=now,
+                    encounter_id=facts.encounter_id,
+                    request_id=request_id,
+                )
         if command is not None and needs_secondary_review(stored, command.decision, self._settings):
             create_secondary_review(
                 conn, self.repository, stored, principal.actor, self._settings, now, request_id
@@ -324,11 +323,11 @@ class ReviewService:
         command: ReviewCommand | None,
         new_version: int,
         now: datetime,
-    ) -> str | None:
-        """The OMI^O23 for an escalating decision, built before any write so a gap refuses it."""
+    ) -> PriorityChange | None:
+        """The priority change for an escalating decision, built before any write (gaps refuse)."""
         if command is None or command.decision not in _ESCALATING:
             return None
-        if not self._settings.worklist.hl7_host:
+        if not self._settings.worklist.all_destinations():
             return None
         priority = command.override_priority or facts.priority
         row = conn.execute(
@@ -342,22 +341,17 @@ class ReviewService:
                 "the study has no accession number, so the worklist cannot be updated",
                 code="required",
             )
-        worklist = self._settings.worklist
         try:
-            return build_omi_o23(
-                control_id=new_control_id(),
-                sending_app=worklist.sending_application,
-                sending_facility="",
-                receiving_app=worklist.receiving_application,
-                receiving_facility="",
+            return PriorityChange(
+                idempotency_key=f"{facts.task_id}:{new_version}",
+                study_instance_uid=facts.study_instance_uid,
+                accession_number=accession,
                 patient_id=facts.patient_id,
                 patient_name=row.patient_name if row is not None else "",
-                accession_number=accession,
-                placer_order="",
-                filler_order=accession,
-                study_instance_uid=facts.study_instance_uid,
+                encounter_id=facts.encounter_id,
                 priority=priority,
-                when=now,
+                requested_at=now,
+                filler_order_number=accession,
             )
         except InvalidInput as exc:
             raise IncompleteAction(

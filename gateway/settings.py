@@ -7,6 +7,7 @@ lists the same names and a test keeps the two in step.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
@@ -77,6 +78,10 @@ class HttpSettings:
     )
     max_body_bytes: int = field(
         default=10 * 1024 * 1024, metadata=_doc("Largest accepted FHIR request body, in bytes.")
+    )
+    metrics_token_file: str = field(
+        default="",
+        metadata=_doc("File holding a static bearer token allowed to scrape /metrics."),
     )
 
     stow_max_instance_bytes: int = field(
@@ -212,6 +217,46 @@ class ReviewSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WorklistDestination:
+    """One worklist peer ([[worklist.destinations]]); see docs/worklist.md for each kind."""
+
+    name: str = field(default="", metadata=_doc("Outbox destination name (unique)."))
+    kind: str = field(
+        default="hl7-mllp",
+        metadata=_doc("hl7-mllp | ups-rs | fhir-service-request | webhook."),
+    )
+    host: str = field(default="", metadata=_doc("MLLP host (hl7-mllp)."))
+    port: int = field(default=0, metadata=_doc("MLLP port (hl7-mllp)."))
+    message: str = field(
+        default="OMI^O23",
+        metadata=_doc("HL7 message: OMI^O23 (v2.5.1, TQ1-9) or ORM^O01 (v2.3, ORC-7.6)."),
+    )
+    receiving_application: str = field(default="RIS", metadata=_doc("MSH-5 (hl7-mllp)."))
+    receiving_facility: str = field(default="", metadata=_doc("MSH-6 (hl7-mllp)."))
+    tls: bool = field(default=False, metadata=_doc("MLLP over TLS (hl7-mllp)."))
+    tls_ca_file: str = field(default="", metadata=_doc("CA bundle that signs the peer."))
+    tls_cert_file: str = field(default="", metadata=_doc("Client certificate (mutual TLS)."))
+    tls_key_file: str = field(default="", metadata=_doc("Key of the client certificate."))
+    url: str = field(
+        default="",
+        metadata=_doc("UPS-RS service root, FHIR base or webhook URL (HTTP kinds)."),
+    )
+    bearer_token_file: str = field(
+        default="", metadata=_doc("File holding a bearer token sent as Authorization.")
+    )
+    secret_file: str = field(
+        default="", metadata=_doc("File holding the webhook HMAC-SHA256 key.")
+    )
+    accession_system: str = field(
+        default="",
+        metadata=_doc("ServiceRequest.identifier system of accession numbers (FHIR kind)."),
+    )
+    timeout_seconds: float = field(
+        default=0.0, metadata=_doc("Per-request timeout; 0: worklist.ack_timeout_seconds.")
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class WorklistSettings:
     """Worklist priority write-back."""
 
@@ -234,6 +279,40 @@ class WorklistSettings:
     poll_seconds: float = field(
         default=0.5, metadata=_doc("How often the outbox is looked at, in seconds.")
     )
+    max_in_flight: int = field(
+        default=8, metadata=_doc("Deliveries in flight at once per destination (1: one by one).")
+    )
+    max_age_seconds: float = field(
+        default=86400.0,
+        metadata=_doc("Age in s after which an undelivered change is dead-lettered (0: none)."),
+    )
+    destinations: tuple[WorklistDestination, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Worklist peers, [[worklist.destinations]] tables (or a JSON list in the variable); "
+            "hl7_host adds one named hl7."
+        ),
+    )
+    alert_webhook_url: str = field(
+        default="", metadata=_doc("URL that receives a signed JSON alert per dead letter.")
+    )
+    alert_secret_file: str = field(
+        default="", metadata=_doc("File holding the HMAC-SHA256 key of dead-letter alerts.")
+    )
+
+    def all_destinations(self) -> tuple[WorklistDestination, ...]:
+        """The configured peers, with the legacy hl7_host/hl7_port one named hl7 first."""
+        legacy: tuple[WorklistDestination, ...] = ()
+        if self.hl7_host:
+            legacy = (
+                WorklistDestination(
+                    name="hl7",
+                    host=self.hl7_host,
+                    port=self.hl7_port,
+                    receiving_application=self.receiving_application,
+                ),
+            )
+        return legacy + self.destinations
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +470,12 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             return hint(value)
         if hint is Path:
             return Path(value)
+        if origin is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            tables = json.loads(value) if isinstance(value, str) else list(value)
+            item_cls = typing.get_args(hint)[0]
+            return tuple(
+                _section(item_cls, dict(t), f"{where}[{n}]") for n, t in enumerate(tables)
+            )
         if origin is tuple:
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(i).strip() for i in items if str(i).strip())
@@ -399,7 +484,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
                 pairs = (p.split("=", 1) for p in value.split(",") if p.strip())
                 value = {k.strip(): v.strip() for k, v in pairs}
             return types.MappingProxyType({str(k).upper(): float(v) for k, v in value.items()})
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError) as exc:
         raise SettingsError(f"{where}: cannot read {value!r} as {hint}") from exc
     raise SettingsError(f"{where}: unsupported setting type {hint}")
 

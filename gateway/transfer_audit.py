@@ -7,18 +7,25 @@ and how many were refused.
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select, update
 
 from gateway.audit.trail import record_event
 from gateway.domain.model import Actor
 from gateway.ingest import IngestOutcome, sender_actor
+from gateway.persistence.tables import instances, studies
 from gateway.pipeline import Event, PipelineEvent
+
+log = logging.getLogger(__name__)
 
 # Only so many identifiers are listed in one record; the counts stay exact.
 MAX_LISTED = 50
@@ -26,6 +33,11 @@ MAX_LISTED = 50
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def new_transfer_id() -> str:
+    """`host:pid:random`: whose transfer it was, so a restart can tell its own leftovers."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:24]}"
 
 
 @dataclass
@@ -36,6 +48,8 @@ class TransferTally:
     peer_address: str = ""
     transport: str = "DIMSE"
     actor: Actor | None = None  # the authenticated principal (STOW-RS); else the calling AE
+    transfer_id: str = field(default_factory=new_transfer_id)
+    interrupted: bool = False  # the summary is written after the process died
     counts: Counter[str] = field(default_factory=Counter)
     patients: set[str] = field(default_factory=set)
     studies: set[str] = field(default_factory=set)
@@ -66,7 +80,11 @@ class TransferTally:
             patients = sorted(self.patients)
             studies = sorted(self.studies)
         refused = counts.get("refused", 0)
+        problems = [f"{refused} instance(s) refused"] if refused else []
+        if self.interrupted:
+            problems.append("the transfer ended when the gateway stopped")
         detail = {
+            "transfer-id": self.transfer_id,
             "transport": self.transport,
             "calling-ae": self.calling_ae,
             "instances": str(sum(counts.values())),
@@ -78,8 +96,8 @@ class TransferTally:
             kind=Event.INSTANCES_TRANSFERRED,
             actor=self.actor or sender_actor(self.calling_ae, self.peer_address),
             occurred_at=now,
-            outcome="4" if refused else "0",
-            outcome_desc=f"{refused} instance(s) refused" if refused else "",
+            outcome="4" if problems else "0",
+            outcome_desc="; ".join(problems),
             study_instance_uid=studies[0] if len(studies) == 1 else "",
             patient_id=patients[0] if len(patients) == 1 else "",
             detail=detail,
@@ -94,3 +112,61 @@ def audit_transfer(
         return
     with engine.begin() as conn:
         record_event(conn, tally.event(clock()))
+        conn.execute(
+            update(instances)
+            .where(instances.c.transfer_id == tally.transfer_id)
+            .values(transfer_audited=True)
+        )
+
+
+def _alive(transfer_id: str) -> bool:
+    host, _, rest = transfer_id.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname()[:40] or not pid.isdigit():
+        return True  # another machine's transfer: its own restart writes the summary
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def audit_interrupted_transfers(
+    engine: Engine, clock: Callable[[], datetime] = _utcnow
+) -> list[str]:
+    """Write the summaries a killed process of this host could not write; returns their ids."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                instances.c.transfer_id,
+                instances.c.calling_ae,
+                instances.c.study_instance_uid,
+                studies.c.patient_id,
+            )
+            .join(
+                studies,
+                studies.c.study_instance_uid == instances.c.study_instance_uid,
+                isouter=True,
+            )
+            .where(instances.c.transfer_audited.is_(False), instances.c.transfer_id.is_not(None))
+        ).all()
+    tallies: dict[str, TransferTally] = {}
+    for row in rows:
+        if not _alive(row.transfer_id):
+            tally = tallies.setdefault(
+                row.transfer_id,
+                TransferTally(row.calling_ae, transfer_id=row.transfer_id, interrupted=True),
+            )
+            with tally._lock:
+                tally.counts["stored"] += 1
+                tally.studies.add(row.study_instance_uid)
+                if row.patient_id:
+                    tally.patients.add(row.patient_id)
+    for tally in tallies.values():
+        audit_transfer(engine, tally, clock)
+        log.warning("wrote the transfer summary of interrupted transfer %s", tally.transfer_id)
+    return sorted(tallies)

@@ -1,4 +1,4 @@
-"""HL7 v2.5.1 messages for worklist write-back: OMI^O23 (IHE RAD-13 Procedure Update) and ACK.
+"""HL7 v2 messages for worklist write-back: OMI^O23 (v2.5.1, IHE RAD-13), ORM^O01 (v2.3), ACK.
 
 Strict when encoding: every value is escaped (HL7 v2.5.1 §2.7) and identifiers that cannot be
 sent as they are raise `InvalidInput` instead of producing a message the RIS would misread.
@@ -15,6 +15,8 @@ from gateway.domain.priority import Priority, codes_for
 
 MESSAGE_TYPE = "OMI^O23^OMI_O23"
 VERSION = "2.5.1"
+LEGACY_MESSAGE_TYPE = "ORM^O01"
+LEGACY_VERSION = "2.3"
 SEGMENT_END = "\r"
 MAX_CONTROL_ID = 20  # MSH-10 is ST(20) in v2.5.1
 
@@ -147,6 +149,76 @@ def build_omi_o23(
                 escape(scheduled_procedure_step_id) or accession,
             ]
         ),
+    ]
+    return SEGMENT_END.join(segments)
+
+
+def build_orm_o01(
+    *,
+    control_id: str,
+    sending_app: str,
+    sending_facility: str,
+    receiving_app: str,
+    receiving_facility: str,
+    patient_id: str,
+    patient_name: str,
+    accession_number: str,
+    placer_order: str,
+    filler_order: str,
+    priority: Priority,
+    when: datetime,
+    requested_procedure_id: str = "",
+    scheduled_procedure_step_id: str = "",
+    procedure_code: str = "IMG",
+    procedure_text: str = "Imaging procedure",
+    procedure_coding_system: str = "L",
+) -> str:
+    """A v2.3 ORM^O01 order change (ORC-1 XO) with the priority in ORC-7.6 and OBR-27.6 (0027).
+
+    As in IHE SWF's v2.3 profile, OBR-18 carries the accession number and OBR-19/OBR-20 the
+    requested procedure and scheduled step ids (the accession when the RIS's ids are unknown).
+    """
+    if not 0 < len(control_id) <= MAX_CONTROL_ID:
+        raise InvalidInput(f"MSH-10 control id must be 1..{MAX_CONTROL_ID} characters")
+    timing = f"^^^^^{codes_for(priority).hl7_0027}"  # TQ component 6 is the priority
+    ts = hl7_timestamp(when)
+    accession = _required("accession number (OBR-18)", accession_number)
+    placer = escape(placer_order)
+    filler = escape(filler_order)
+    msh = [
+        "MSH",
+        "^~\\&",
+        escape(sending_app),
+        escape(sending_facility),
+        escape(receiving_app),
+        escape(receiving_facility),
+        ts,
+        "",
+        LEGACY_MESSAGE_TYPE,
+        escape(control_id),
+        "P",
+        LEGACY_VERSION,
+    ]
+    obr = ["OBR", "1", placer, filler]
+    obr.append(
+        f"{_required('procedure code (OBR-4)', procedure_code)}^{escape(procedure_text)}"
+        f"^{escape(procedure_coding_system)}"
+    )
+    obr.extend([""] * 13)  # OBR-5 .. OBR-17
+    obr.extend(
+        [
+            accession,
+            escape(requested_procedure_id) or accession,
+            escape(scheduled_procedure_step_id) or accession,
+        ]
+    )
+    obr.extend([""] * 6)  # OBR-21 .. OBR-26
+    obr.append(timing)  # OBR-27
+    segments = [
+        "|".join(msh),
+        f"PID|||{_required('patient id (PID-3)', patient_id)}||{person_name(patient_name)}",
+        f"ORC|XO|{placer}|{filler}||||{timing}||{ts}",
+        "|".join(obr),
     ]
     return SEGMENT_END.join(segments)
 

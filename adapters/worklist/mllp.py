@@ -1,8 +1,9 @@
-"""HL7 v2 over MLLP (HL7 v2.5.1 Appendix C, MLLP release 1) as a `WorklistUpdater`.
+"""HL7 v2 over MLLP (v2.5.1 Appendix C, MLLP release 1), optionally TLS, as a `WorklistUpdater`.
 
 One connection per message: the RIS sees a short, complete exchange, and a half-open connection
 never outlives a delivery. Every transport failure becomes DeliveryFailed (retry); only an
-explicit reject (MSA-1 AR/CR) becomes DeliveryRefused (dead letter).
+explicit reject (MSA-1 AR/CR) becomes DeliveryRefused (dead letter). Neutral priority changes are
+rendered here, at delivery time, in the message structure the destination's profile names.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 
 from adapters.worklist.hl7_messages import control_id_of, parse_ack
+from adapters.worklist.hl7_render import Hl7Profile
 from gateway.domain.errors import DeliveryFailed, DeliveryRefused, InvalidInput
+from gateway.domain.worklist import PRIORITY_CHANGE_KIND, PriorityChange
 from gateway.ports import WorklistMessage
 
 log = logging.getLogger(__name__)
@@ -41,20 +45,36 @@ class MllpWorklistUpdater:
     """Sends HL7 v2 messages to one RIS over MLLP and settles each by its ACK."""
 
     def __init__(
-        self, host: str, port: int, *, timeout: float, max_ack_bytes: int = 1 << 20
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        max_ack_bytes: int = 1 << 20,
+        profile: Hl7Profile | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._timeout = timeout
         self._limit = max_ack_bytes
+        self._profile = profile or Hl7Profile()
+        self._tls = tls
+
+    def render(self, message: WorklistMessage) -> str:
+        """The ER7 text to send: a neutral change rendered by the profile, else the payload."""
+        if message.kind != PRIORITY_CHANGE_KIND:
+            return message.payload
+        return self._profile.render(PriorityChange.from_json(message.payload))
 
     async def deliver(self, message: WorklistMessage) -> str:
         """Send one message and wait for its ACK; returns the ACK's MSH-10 (else MSA-2)."""
         try:
-            sent_id = control_id_of(message.payload)
+            payload = self.render(message)
+            sent_id = control_id_of(payload)
         except InvalidInput as exc:
             raise DeliveryRefused(f"outbox {message.outbox_id}: {exc.message}") from exc
-        ack = await self._exchange(frame(message.payload))
+        ack = await self._exchange(frame(payload))
         try:
             code, acked_id, text = parse_ack(ack)
         except InvalidInput as exc:
@@ -80,9 +100,13 @@ class MllpWorklistUpdater:
         try:
             async with asyncio.timeout(self._timeout):
                 reader, writer = await asyncio.open_connection(
-                    self._host, self._port, limit=self._limit
+                    self._host,
+                    self._port,
+                    limit=self._limit,
+                    ssl=self._tls,
+                    server_hostname=self._host if self._tls is not None else None,
                 )
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise DeliveryFailed(f"cannot connect to {self._where}: {exc!r}") from exc
         try:
             writer.write(block)

@@ -7,4 +7,5 @@ without touching the others.
 COMMAND_MODULES: tuple[str, ...] = (
     "gateway.commands.audit",
     "gateway.commands.review",
+    "gateway.commands.outbox",
 )

@@ -213,8 +213,11 @@ class DimseListener:
                         peer,
                         request,
                     )
-                outcome = self._recorder.record(path, header, calling_ae, peer_address=peer)
-                self._tally(event).stored(outcome)
+                tally = self._tally(event)
+                outcome = self._recorder.record(
+                    path, header, calling_ae, peer_address=peer, transfer_id=tally.transfer_id
+                )
+                tally.stored(outcome)
         except InvalidInput as exc:
             return self._refused(
                 StoreStatus.CANNOT_UNDERSTAND, exc.message, calling_ae, peer, request

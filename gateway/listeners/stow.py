@@ -136,7 +136,13 @@ class StowRequest:
             reason = FailureReason.DOES_NOT_MATCH
             return self._refused(cls, sop, reason, "instance of another study", peer)
         try:
-            outcome = self._recorder.record(path, header, STOW_SENDER, peer_address=peer or "")
+            outcome = self._recorder.record(
+                path,
+                header,
+                STOW_SENDER,
+                peer_address=peer or "",
+                transfer_id=self._tally.transfer_id,
+            )
         except OutOfResources as exc:
             return self._refused(cls, sop, FailureReason.OUT_OF_RESOURCES, exc.message, peer)
         except Exception:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
+
+GATE_TIMEOUT_SECONDS = 30.0
 
 
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -26,6 +29,31 @@ def _sqlite_begin_immediate(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _add_writer_gate(engine: Engine) -> None:
+    # SQLite's busy handler polls with growing sleeps, so a thread committing back to back (a
+    # burst of decisions) starves the others (the outbox dispatcher) for seconds. Threads of one
+    # process queue on this lock instead and are woken as soon as the writer is done; after
+    # GATE_TIMEOUT_SECONDS a waiter goes on without it and SQLite's own lock decides, as before.
+    gate = threading.Lock()
+    event.remove(engine, "begin", _sqlite_begin_immediate)
+
+    @event.listens_for(engine, "begin")
+    def _enter(conn: Any) -> None:
+        conn.info["writer_gate"] = gate.acquire(timeout=GATE_TIMEOUT_SECONDS)
+        try:
+            _sqlite_begin_immediate(conn)
+        except BaseException:
+            _leave(conn)
+            raise
+
+    def _leave(conn: Any) -> None:
+        if conn.info.pop("writer_gate", False):
+            gate.release()
+
+    event.listen(engine, "commit", _leave)
+    event.listen(engine, "rollback", _leave)
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine for the gateway's database (SQLite embedded or PostgreSQL)."""
     if url.startswith("sqlite"):
@@ -37,6 +65,7 @@ def make_engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None
 
         event.listen(engine, "begin", _sqlite_begin_immediate)
+        _add_writer_gate(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 

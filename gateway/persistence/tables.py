@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -78,6 +80,10 @@ instances = Table(
     Column("sha256", String(64), nullable=False),
     Column("calling_ae", String(16), nullable=False, default=""),
     Column("received_at", UtcDateTime(), nullable=False),
+    # The association or STOW-RS request it came in; its DICOM Instances Transferred summary
+    # marks it audited (a crash leaves it unmarked and the next start writes the summary).
+    Column("transfer_id", String(80), nullable=True),
+    Column("transfer_audited", Boolean, nullable=False, default=True, server_default=true()),
     UniqueConstraint("sop_instance_uid", "version"),
     Index("ix_instances_study", "study_instance_uid"),
 )
@@ -217,6 +223,8 @@ outbox = Table(
     Column("delivered_at", UtcDateTime(), nullable=True),
     UniqueConstraint("destination", "idempotency_key"),
     Index("ix_outbox_due", "state", "next_attempt_at"),
+    # The ordering rule looks for earlier pending rows of the same destination and study.
+    Index("ix_outbox_destination_study", "destination", "study_instance_uid", "state"),
 )
 
 # Append-only, hash-chained audit trail of AuditEvent and Provenance resources. UPDATE and DELETE

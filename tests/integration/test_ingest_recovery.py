@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from sqlalchemy import create_engine, func, select
 
-from gateway.persistence.tables import instances, scores, tasks
+from gateway.persistence.tables import audit_log, instances, scores, tasks
 from tests.integration.test_walking_skeleton import demo_registry  # noqa: F401  (fixture)
 from tests.peers.gateway_process import GatewayProcess
 
@@ -164,6 +164,10 @@ def test_sigkill_mid_study_then_restart_loses_nothing_and_scores_once(tmp_path: 
     every = sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in files)
     assert sorted(r.sop_instance_uid for r in paths) == every
     assert {r.version for r in paths} == {1}
+    # The killed association's summary was written at the restart; every receipt is audited.
+    assert {r.transfer_audited for r in _query(gw, select(instances.c.transfer_audited))} == {True}
+    trail = " ".join(r.resource for r in _query(gw, select(audit_log.c.resource)))
+    assert "the transfer ended when the gateway stopped" in trail
     on_disk = {str(p) for p in (gw.data_dir / "spool").rglob("*") if p.is_file()}
     assert on_disk == {r.path for r in paths}
     assert "ok" in gw.cli("audit", "verify").lower()

@@ -1,4 +1,4 @@
-"""A real MLLP listener (the `hl7` package's asyncio MLLP server) acting as the RIS in tests.
+"""A real MLLP listener (the `hl7` package's asyncio MLLP server, optionally TLS) as the RIS.
 
 It runs on its own event loop in a thread so that both synchronous and asynchronous tests can
 use it, ACKs with AA by default and can be told to NAK (AE/AR) or drop connections.
@@ -7,6 +7,7 @@ use it, ACKs with AA by default and can be told to NAK (AE/AR) or drop connectio
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from typing import Any, Literal
 
@@ -19,8 +20,9 @@ Mode = Literal["AA", "AE", "AR", "drop"]
 class MllpListener:
     """The RIS side of HL7 v2 delivery, on 127.0.0.1."""
 
-    def __init__(self, port: int = 0, mode: Mode = "AA") -> None:
+    def __init__(self, port: int = 0, mode: Mode = "AA", tls: ssl.SSLContext | None = None) -> None:
         self.port = port
+        self.tls = tls
         self.mode: Mode = mode
         self.messages: list[str] = []
         self._received = threading.Condition()
@@ -49,17 +51,25 @@ class MllpListener:
         """Listen on 127.0.0.1 and return once the port is bound."""
         self._thread.start()
         server: asyncio.Server = asyncio.run_coroutine_threadsafe(
-            start_hl7_server(self._on_client, "127.0.0.1", self.port), self._loop
+            start_hl7_server(
+                self._on_client, "127.0.0.1", self.port, ssl=self.tls, encoding="utf-8"
+            ),
+            self._loop,
         ).result(timeout=10)
         self._server = server
         self.port = int(server.sockets[0].getsockname()[1])
         return self
 
+    @staticmethod
+    async def _close(server: asyncio.Server) -> None:
+        server.close()
+        await server.wait_closed()
+
     def stop(self) -> None:
         """Close the server and its loop."""
         if self._server is not None:
-            self._server.close()
-            asyncio.run_coroutine_threadsafe(self._server.wait_closed(), self._loop).result(10)
+            # Closed on its own loop: asyncio.Server is not thread-safe.
+            asyncio.run_coroutine_threadsafe(self._close(self._server), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from gateway.persistence.tables import audit_log, instances, studies
 from gateway.settings import AssemblySettings, Settings
 from gateway.spool import Spool
 from gateway.spool_reaper import reap_orphans
-from gateway.transfer_audit import TransferTally, audit_transfer
+from gateway.transfer_audit import TransferTally, audit_interrupted_transfers, audit_transfer
 from tests.unit.test_assembly import (  # noqa: F401  (clock, engine, recorder: fixtures)
     T0,
     Clock,
@@ -184,3 +186,32 @@ def test_one_transfer_summary_per_association(
     assert summaries[0]["type"]["code"] == "110104"
     with engine.connect() as conn:
         assert conn.execute(select(studies.c.claim_attempts)).scalar_one() == 0
+
+
+def test_a_killed_process_leaves_its_transfers_to_be_summarised_at_the_next_start(
+    engine: Engine, recorder: InstanceRecorder, tmp_path: Path
+) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    study = generate_uid()
+    host = socket.gethostname()[:40]
+    killed = f"{host}:{dead.pid}:abc"
+    running = f"{host}:{os.getpid()}:def"
+    for n, transfer in enumerate((killed, killed, running)):
+        path = write_dicom(tmp_path / f"{n}.dcm", study, patient_id="P9")
+        recorder.record(path, parse_header(path), "MODALITY", transfer_id=transfer)
+    with engine.connect() as conn:
+        # Plain receipts inside a transfer have no record of their own.
+        assert "instance-stored" not in " ".join(
+            conn.execute(select(audit_log.c.resource)).scalars()
+        )
+    assert audit_interrupted_transfers(engine, lambda: T0) == [killed]
+    assert audit_interrupted_transfers(engine, lambda: T0) == []
+    with engine.connect() as conn:
+        marks = dict(
+            conn.execute(select(instances.c.transfer_id, instances.c.transfer_audited)).all()
+        )
+        text = " ".join(conn.execute(select(audit_log.c.resource)).scalars())
+    assert marks == {killed: True, running: False}
+    assert "ended when the gateway stopped" in text
+    assert "P9" in text

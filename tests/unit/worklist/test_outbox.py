@@ -69,10 +69,16 @@ def _enqueue(
 
 
 def _dispatcher(
-    engine: Engine, twin: MemoryWorklistUpdater, worker: str = "w1", **kwargs: int
+    engine: Engine, twin: MemoryWorklistUpdater, worker: str = "w1", batch_size: int = 10
 ) -> OutboxDispatcher:
     return OutboxDispatcher(
-        engine, {"hl7": twin}, SETTINGS, worker, clock=lambda: T0, rand=lambda: 0.0, **kwargs
+        engine,
+        {"hl7": twin},
+        SETTINGS,
+        worker,
+        clock=lambda: T0,
+        rand=lambda: 0.0,
+        batch_size=batch_size,
     )
 
 
@@ -259,7 +265,9 @@ async def test_an_updater_that_breaks_its_contract_still_gets_bounded_retries(
             raise RuntimeError("bug")
 
     _enqueue(engine, "k1")
-    dispatcher = OutboxDispatcher(engine, {"hl7": Broken()}, SETTINGS, "w1", rand=lambda: 0.0)
+    dispatcher = OutboxDispatcher(
+        engine, {"hl7": Broken()}, SETTINGS, "w1", clock=lambda: T0, rand=lambda: 0.0
+    )
 
     assert await dispatcher.run_once(T0) == 1
     (row,) = list_rows(engine)

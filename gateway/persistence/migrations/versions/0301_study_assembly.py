@@ -24,6 +24,11 @@ def upgrade() -> None:
         "studies",
         sa.Column("claim_attempts", sa.Integer(), nullable=False, server_default="0"),
     )
+    op.add_column("instances", sa.Column("transfer_id", sa.String(length=80), nullable=True))
+    op.add_column(
+        "instances",
+        sa.Column("transfer_audited", sa.Boolean(), nullable=False, server_default=sa.true()),
+    )
     op.create_table(
         "instance_attributes",
         sa.Column("sop_instance_uid", sa.String(length=64), nullable=False),
@@ -57,6 +62,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Revert this revision."""
     op.drop_table("instance_attributes")
+    with op.batch_alter_table("instances") as batch:
+        batch.drop_column("transfer_audited")
+        batch.drop_column("transfer_id")
     with op.batch_alter_table("studies") as batch:
         batch.drop_column("claim_attempts")
         batch.drop_column("complete_by")
