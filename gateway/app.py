@@ -43,8 +43,10 @@ def _readiness(engine: Engine, scorer: Any, dispatcher_alive: Any) -> dict[str, 
 
 async def _reap_spool(engine: Engine, settings: Settings) -> None:
     from gateway.spool_reaper import reap_orphans
+    from gateway.transfer_audit import audit_interrupted_transfers
 
     storage = settings.storage
+    await asyncio.to_thread(audit_interrupted_transfers, engine)
     await asyncio.to_thread(reap_orphans, engine, storage.spool_dir, storage.orphan_grace_seconds)
 
 
@@ -56,14 +58,12 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     from gateway.audit.checkpoint import checkpointer
     from gateway.auth.tokens import TokenValidator
     from gateway.ingest import InstanceRecorder
-    from gateway.transfer_audit import audit_interrupted_transfers
-    from gateway.listeners.dimse import DimseListener
     from gateway.listeners.dicomweb import register_dicomweb
-    await asyncio.to_thread(audit_interrupted_transfers, engine)
+    from gateway.listeners.dimse import DimseListener
     from gateway.listeners.http import build_http_app
     from gateway.listeners.metrics_route import add_metrics_route
-    from gateway.metrics import Metrics
     from gateway.listeners.rest_audit import attach_audit
+    from gateway.metrics import Metrics
     from gateway.outbox import ALERT_DESTINATION, OutboxDispatcher, count_by_state
     from gateway.persistence.db import make_engine
     from gateway.persistence.migrate import current_revision
@@ -125,6 +125,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         lambda: _readiness(engine, scorer, lambda: any(not w.done() for w in workers)),
     )
     add_metrics_route(app, metrics, read_secret(settings.http.metrics_token_file))
+    register_dicomweb(app, recorder)
     dimse = DimseListener(settings, recorder)
     attach_audit(app)  # BALP REST audit of every FHIR interaction; Bulk Data $export
 
@@ -162,7 +163,6 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             settings.http.host,
             settings.http.port,
             engine.url.render_as_string(hide_password=True),
-    register_dicomweb(app, recorder)
         )
         print("READY", flush=True)  # readiness line for supervisors and tests
         await stop.wait()
