@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from gateway.auth.tokens import TokenValidator, mint_token
 from gateway.domain.errors import GatewayError
 from gateway.domain.model import Actor, ModelIdentity
@@ -75,15 +77,14 @@ def _actor(validator: TokenValidator, settings: Settings, role: str, user: str) 
     return validator.validate(token).actor
 
 
-def setup_demo(settings: Settings, engine: object = None) -> list[ModelIdentity]:
+def setup_demo(settings: Settings, engine: Engine | None = None) -> list[ModelIdentity]:
     """Build, register, approve and promote every demo model; returns what is served."""
-    from sqlalchemy import Engine
-
     from gateway.persistence.db import make_engine
     from gateway.persistence.migrate import upgrade
 
     own_engine = engine is None
-    db: Engine = make_engine(settings.database_url) if engine is None else engine  # type: ignore[assignment]
+    Path(settings.storage.data_dir).mkdir(parents=True, exist_ok=True)
+    db = make_engine(settings.database_url) if engine is None else engine
     try:
         upgrade(db)
         registry = ModelRegistry(settings.mlflow_tracking_uri)
