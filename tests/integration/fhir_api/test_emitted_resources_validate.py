@@ -1,0 +1,72 @@
+"""standards.md §8: every resource type the gateway emits validates against the official R4
+definitions with zero errors (@medplum/core) and no required-binding errors (FHIR.js)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.integration.fhir_api.conftest import FHIR_JSON, FhirGateway
+from tests.integration.fhir_api.validator import validate_resources
+from tests.unit.fhir.samples import STUDY_UID, decision_body, score, study
+
+pytestmark = pytest.mark.integration
+
+EMITTED = {
+    "Task", "Provenance", "AuditEvent", "ImagingStudy", "Observation", "Device", "CodeSystem",
+    "ValueSet", "CapabilityStatement", "OperationOutcome", "Bundle",
+}  # fmt: skip
+
+
+async def _exercise(fhir: FhirGateway) -> list[dict[str, Any]]:
+    """Drive every workflow once and collect what the API serves."""
+    emitted: list[dict[str, Any]] = []
+    with fhir.engine.begin() as conn:
+        fhir.review.create_review_task(conn, study(), score(0.97))
+    task, etag = await fhir.read_task()
+    emitted.append(task)
+    claimed = await fhir.put_task(dict(task, status="in-progress"), etag)
+    emitted.append(await claimed.json(content_type=FHIR_JSON))
+    body = decision_body(await claimed.json(content_type=FHIR_JSON), "reject", "other", "motion")
+    done = await fhir.put_task(body, claimed.headers["ETag"])
+    emitted.append(await done.json(content_type=FHIR_JSON))
+    secondary = (await fhir.get(f"Task?part-of=Task/{fhir.task_id}"))["entry"][0]["resource"]
+    emitted.append(secondary)
+    error = await fhir.put_task(decision_body(secondary), None)
+    emitted.append(await error.json(content_type=FHIR_JSON))
+    admin = fhir.token(role="admin", user="Practitioner/admin")
+    for path in (
+        f"Task?_id={fhir.task_id}&_revinclude=Provenance:target",
+        f"Task/{fhir.task_id}/_history",
+        "Provenance", "AuditEvent?_count=200", "ImagingStudy", "Observation", "Device",
+        "CodeSystem", "ValueSet", "metadata", f"ImagingStudy/{STUDY_UID}",
+    ):  # fmt: skip
+        document = await fhir.get(path, admin)
+        emitted.append(document)
+        emitted.extend(e["resource"] for e in document.get("entry", []))
+    return emitted
+
+
+async def test_every_emitted_resource_type_passes_the_independent_validator(
+    fhir: FhirGateway,
+) -> None:
+    emitted = await _exercise(fhir)
+    assert {r["resourceType"] for r in emitted} >= EMITTED
+    results = validate_resources(emitted)
+    failures = [r for r in results if r["errors"] or r["bindingErrors"]]
+    assert failures == []
+
+
+def test_the_validator_catches_what_our_models_let_through() -> None:
+    bad: list[dict[str, Any]] = [
+        {"resourceType": "Task", "id": "a", "status": "approved", "intent": "order"},
+        {"resourceType": "Task", "id": "b", "status": "requested", "intent": "order",
+         "authoredOn": "2026-01-02T00:00:00Z", "lastModified": "2026-01-01T00:00:00Z"},
+        {"resourceType": "Provenance", "id": "c", "recorded": "2026-01-01T00:00:00Z",
+         "agent": [{"who": {"reference": "Device/x"}}]},
+    ]  # fmt: skip
+    results = {r["id"]: r for r in validate_resources(bad)}
+    assert results["a"]["bindingErrors"]  # Task.status outside task-status
+    assert results["b"]["errors"]  # inv-1
+    assert results["c"]["errors"]  # Provenance.target 1..*
