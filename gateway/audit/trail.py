@@ -84,10 +84,17 @@ def ensure_head(conn: Connection) -> None:
         conn.execute(insert(audit_head).values(values))
 
 
-def append(
-    conn: Connection, resource_type: str, resource: dict[str, Any], patient_id: str = ""
-) -> AppendedRecord:
-    """Validate, stamp and chain one resource into the audit log (in the caller's transaction)."""
+def prepare(
+    resource_type: str,
+    resource: dict[str, Any],
+    patient_id: str = "",
+    *,
+    validate: bool = True,
+) -> tuple[dict[str, Any], str, datetime]:
+    """The resource as it will be chained (id, meta, patient), its patient id and `recorded`.
+
+    `validate=False` is for resources an R4 mapper of this package has just validated.
+    """
     if resource_type not in AUDITED_TYPES:
         raise AuditTrailError(
             f"the audit trail keeps AuditEvent and Provenance, not {resource_type}"
@@ -106,8 +113,16 @@ def append(
         patient_id = provenance_patient(document)
     document.setdefault("id", str(uuid.uuid4()))
     document["meta"] = {**document.get("meta", {}), "versionId": "1", "lastUpdated": _instant()}
-    document = r4.validated(document)  # before the lock: an invalid resource never holds it
-    recorded = recorded_of(document)
+    if validate:
+        document = r4.validated(document)  # before the lock: an invalid resource never holds it
+    return document, patient_id, recorded_of(document)
+
+
+def append(
+    conn: Connection, resource_type: str, resource: dict[str, Any], patient_id: str = ""
+) -> AppendedRecord:
+    """Validate, stamp and chain one resource into the audit log (in the caller's transaction)."""
+    document, patient_id, recorded = prepare(resource_type, resource, patient_id)
     # The savepoint undoes the head's advance if the insert fails, so a caller that catches the
     # error and commits its own work cannot leave a gap in the chain.
     with conn.begin_nested():
@@ -137,21 +152,20 @@ def append(
             )
         )
         conn.execute(update(audit_head).where(audit_head.c.id == HEAD_ID).values(hash=digest))
-        entries = index_entries(resource_type, document)
+        entries = index_rows(seq, resource_type, document, recorded)
         if entries:
-            conn.execute(
-                insert(audit_index),
-                [
-                    {
-                        "param": index_param(resource_type, p),
-                        "value": v,
-                        "recorded": recorded,
-                        "seq": seq,
-                    }
-                    for p, v in entries
-                ],
-            )
+            conn.execute(insert(audit_index), entries)
     return AppendedRecord(seq, digest, resource_type, document["id"])
+
+
+def index_rows(
+    seq: int, resource_type: str, document: dict[str, Any], recorded: datetime
+) -> list[dict[str, Any]]:
+    """The `audit_index` rows of one chained record."""
+    return [
+        {"param": index_param(resource_type, p), "value": v, "recorded": recorded, "seq": seq}
+        for p, v in index_entries(resource_type, document)
+    ]
 
 
 def index_param(resource_type: str, name: str) -> str:

@@ -107,7 +107,14 @@ def drop_append_only_triggers(conn: Connection) -> None:
 # checkpoints and purges are themselves append-only.
 _GUARDED = ("audit_checkpoint", "audit_purge")
 
+# The head may also jump forward over records already inserted (a batch append locks the head,
+# inserts its records, then advances once); it still never moves back or over missing records.
 SQLITE_RETENTION_INSTALL: tuple[str, ...] = (
+    "DROP TRIGGER IF EXISTS audit_head_forward_only",
+    """CREATE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head
+WHEN NEW.id <> OLD.id OR NEW.seq < OLD.seq OR (NEW.seq > OLD.seq + 1 AND
+    (SELECT COUNT(*) FROM audit_log WHERE seq > OLD.seq AND seq <= NEW.seq) <> NEW.seq - OLD.seq)
+BEGIN SELECT RAISE(ABORT, 'audit trail is append-only: audit_head skips no record'); END""",
     "DROP TRIGGER IF EXISTS audit_log_no_delete",
     """CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 WHEN OLD.seq > COALESCE((SELECT MAX(through_seq) FROM audit_purge), 0)
@@ -125,12 +132,27 @@ BEGIN SELECT RAISE(ABORT, '{_REFUSED}: DELETE on {table} refused'); END""",
 )
 
 SQLITE_RETENTION_DROP: tuple[str, ...] = (
+    "DROP TRIGGER IF EXISTS audit_head_forward_only",
+    SQLITE_INSTALL[3],
     *(f"DROP TRIGGER IF EXISTS {t}_no_{op}" for t in _GUARDED for op in ("update", "delete")),
     "DROP TRIGGER IF EXISTS audit_log_no_delete",
     SQLITE_INSTALL[1],
 )
 
 POSTGRESQL_RETENTION_INSTALL: tuple[str, ...] = (
+    """CREATE OR REPLACE FUNCTION audit_head_forward_only() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF NEW.id <> OLD.id OR NEW.seq < OLD.seq OR (NEW.seq > OLD.seq + 1 AND
+        (SELECT COUNT(*) FROM audit_log WHERE seq > OLD.seq AND seq <= NEW.seq)
+            <> NEW.seq - OLD.seq) THEN
+        RAISE EXCEPTION USING
+            MESSAGE = 'audit trail is append-only: audit_head skips no record',
+            ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$fn$""",
     """CREATE OR REPLACE FUNCTION audit_log_delete_guard() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -163,6 +185,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change()""",
 )
 
 POSTGRESQL_RETENTION_DROP: tuple[str, ...] = (
+    POSTGRESQL_INSTALL[1],
     *(
         f"DROP TRIGGER IF EXISTS {t}_no_{op} ON {t}"
         for t in _GUARDED
