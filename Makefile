@@ -27,6 +27,8 @@ setup: $(BIN)/python
 
 setup-test: $(BIN)/python debian-packages
 	$(BIN)/pip install --quiet -e '.[test]'
+	# Independent FHIR validator (@medplum/core + FHIR.js) for the tests, in a git-ignored folder.
+	cd tests/fhir_validator && npm install --no-audit --no-fund --loglevel=error
 
 run: debian-packages setup
 	@echo
