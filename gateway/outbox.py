@@ -8,7 +8,8 @@ audit record per attempt. Delivery is at least once; the HL7 control id stays th
 retries so the RIS can recognise a repeat.
 
 Order: a row is only eligible while no earlier row for the same destination and study is still
-pending, so a later priority change never overtakes an earlier one.
+pending, so a later priority change never overtakes an earlier one. Queueing and the operator
+functions live in `gateway.outbox_store` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -23,29 +24,57 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, exists, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, Row, exists, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from gateway.audit.trail import record_event
-from gateway.domain.errors import DeliveryFailed, DeliveryRefused, IllegalTransition, NotFound
-from gateway.domain.model import Actor
+from gateway.domain.errors import DeliveryFailed, DeliveryRefused
 from gateway.metrics import Metrics
-from gateway.persistence.tables import outbox, studies
+from gateway.outbox_store import (
+    ALERT_DESTINATION,
+    DEAD,
+    DEAD_LETTER_ALERT_KIND,
+    DELIVERED,
+    GATEWAY_ACTOR,
+    PENDING,
+    OutboxRow,
+    count_by_state,
+    detail,
+    enqueue,
+    get_row,
+    list_rows,
+    patient_of,
+    read_utc,
+    replay,
+    utc,
+)
+from gateway.persistence.tables import outbox
 from gateway.pipeline import Event, PipelineEvent
 from gateway.ports import WorklistMessage, WorklistUpdater
 from gateway.settings import WorklistSettings
 
+__all__ = [
+    "ALERT_DESTINATION",
+    "DEAD",
+    "DEAD_LETTER_ALERT_KIND",
+    "DELIVERED",
+    "GATEWAY_ACTOR",
+    "PENDING",
+    "Attempt",
+    "OutboxDispatcher",
+    "OutboxRow",
+    "backoff_delay",
+    "count_by_state",
+    "enqueue",
+    "get_row",
+    "list_rows",
+    "replay",
+]
+
 log = logging.getLogger(__name__)
 
-PENDING = "pending"
-DELIVERED = "delivered"
-DEAD = "dead"
-GATEWAY_ACTOR = Actor(reference="Device/hitl-gateway", display="hitl-gateway")
 # A retry waits 80-100 % of its backoff, so replicas and peers do not retry in lock-step.
 JITTER_FRACTION = 0.2
-DEAD_LETTER_ALERT_KIND = "dead-letter-alert"
-ALERT_DESTINATION = "dead-letter-alerts"
 LEASE_MARGIN_SECONDS = 30.0
 _SYSTEM_RANDOM = random.SystemRandom()
 
@@ -60,108 +89,10 @@ class Attempt:
     refused: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One outbox row as operators see it."""
-
-    id: int
-    destination: str
-    idempotency_key: str
-    study_instance_uid: str
-    kind: str
-    payload: str
-    state: str
-    attempts: int
-    next_attempt_at: datetime
-    last_error: str
-    created_at: datetime
-    delivered_at: datetime | None
-
-
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("outbox times must be timezone-aware")
-    return value.astimezone(UTC)
-
-
-def _read_utc(value: datetime) -> datetime:
-    # SQLite keeps the UTC wall time without an offset.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def backoff_delay(attempts: int, settings: WorklistSettings, rand: Callable[[], float]) -> float:
     """Seconds to wait after `attempts` earlier failures: min(cap, base·2^n), jittered down."""
     base = min(settings.max_backoff_seconds, settings.backoff_seconds * 2.0 ** min(attempts, 62))
     return base * (1.0 - JITTER_FRACTION * rand())
-
-
-def enqueue(
-    conn: Connection,
-    *,
-    destination: str,
-    idempotency_key: str,
-    study_uid: str,
-    kind: str,
-    payload: str,
-    actor: Actor,
-    patient_id: str,
-    now: datetime | None = None,
-    encounter_id: str = "",
-    request_id: str = "",
-) -> int | None:
-    """Queue a message in the caller's transaction; the new row id, or None for a known key."""
-    at = _utc(now or datetime.now(UTC))
-    values = {
-        "destination": destination,
-        "idempotency_key": idempotency_key,
-        "study_instance_uid": study_uid,
-        "kind": kind,
-        "payload": payload,
-        "state": PENDING,
-        "attempts": 0,
-        "next_attempt_at": at,
-        "last_error": "",
-        "created_at": at,
-    }
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = (
-        dialect.insert(outbox)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=["destination", "idempotency_key"])
-        .returning(outbox.c.id)
-    )
-    new_id = conn.execute(stmt).scalar_one_or_none()
-    if new_id is None:
-        return None
-    record_event(
-        conn,
-        PipelineEvent(
-            kind=Event.WORKLIST_QUEUED,
-            actor=actor,
-            occurred_at=at,
-            study_instance_uid=study_uid,
-            patient_id=patient_id,
-            encounter_id=encounter_id,
-            request_id=request_id,
-            detail=_detail(int(new_id), destination, idempotency_key, kind=kind),
-        ),
-    )
-    return int(new_id)
-
-
-def _patient_of(conn: Connection, study_uid: str) -> str:
-    # The outbox row does not repeat the patient; the study row is where the gateway keeps it.
-    query = select(studies.c.patient_id).where(studies.c.study_instance_uid == study_uid)
-    return str(conn.execute(query).scalar_one_or_none() or "")
-
-
-def _detail(outbox_id: int, destination: str, key: str, **more: str) -> dict[str, str]:
-    return {
-        "outbox-id": str(outbox_id),
-        "destination": destination,
-        "idempotency-key": key,
-        **more,
-    }
 
 
 class OutboxDispatcher:
@@ -210,7 +141,7 @@ class OutboxDispatcher:
         """
         if not self._updaters:
             return 0
-        at = _utc(now or self._clock())
+        at = utc(now or self._clock())
         claimed = await asyncio.to_thread(self._claim, at)
         if not claimed:
             return 0
@@ -314,7 +245,7 @@ class OutboxDispatcher:
         return Attempt(row, ack_id=ack_id)
 
     def _settle_all(self, outcomes: list[Attempt], now: datetime) -> None:
-        at = max(now, _utc(self._clock()))
+        at = max(now, utc(self._clock()))
         counted: list[tuple[Attempt, bool]] = []
         with self._engine.begin() as conn:
             for outcome in outcomes:
@@ -354,7 +285,7 @@ class OutboxDispatcher:
         """Record a failed attempt; True when dead-lettered, False when retried, None if lost."""
         row, error, refused = outcome.row, outcome.error or "", outcome.refused
         attempts = int(row.attempts) + 1
-        age = (at - _read_utc(row.created_at)).total_seconds()
+        age = (at - read_utc(row.created_at)).total_seconds()
         too_old = 0 < self._settings.max_age_seconds <= age
         dead = refused or too_old or attempts >= self._settings.max_attempts
         next_at = at + timedelta(
@@ -405,7 +336,7 @@ class OutboxDispatcher:
             kind=DEAD_LETTER_ALERT_KIND,
             payload=json.dumps(document, sort_keys=True),
             actor=GATEWAY_ACTOR,
-            patient_id=_patient_of(conn, row.study_instance_uid),
+            patient_id=patient_of(conn, row.study_instance_uid),
             now=at,
         )
 
@@ -444,106 +375,7 @@ class OutboxDispatcher:
                 outcome=outcome,
                 outcome_desc=outcome_desc,
                 study_instance_uid=row.study_instance_uid,
-                patient_id=_patient_of(conn, row.study_instance_uid),
-                detail=_detail(int(row.id), row.destination, row.idempotency_key, **more),
+                patient_id=patient_of(conn, row.study_instance_uid),
+                detail=detail(int(row.id), row.destination, row.idempotency_key, **more),
             ),
         )
-
-
-def replay(
-    engine: Engine,
-    outbox_id: int,
-    *,
-    actor: Actor = GATEWAY_ACTOR,
-    now: datetime | None = None,
-    force: bool = False,
-) -> None:
-    """Put a dead row back to pending; refused if a newer change for that study was queued."""
-    at = _utc(now or datetime.now(UTC))
-    with engine.begin() as conn:
-        row = conn.execute(select(outbox).where(outbox.c.id == outbox_id)).one_or_none()
-        if row is None:
-            raise NotFound(f"outbox row {outbox_id} does not exist")
-        if row.state != DEAD:
-            raise IllegalTransition(f"outbox row {outbox_id} is {row.state}, not {DEAD}")
-        newer = conn.execute(
-            select(outbox.c.id).where(
-                outbox.c.destination == row.destination,
-                outbox.c.study_instance_uid == row.study_instance_uid,
-                outbox.c.id > row.id,
-                outbox.c.state != DEAD,
-            )
-        ).first()
-        if newer is not None and not force:
-            raise IllegalTransition(
-                f"outbox row {newer.id} is a newer change for the same study; replaying "
-                f"{outbox_id} would overwrite it (use force to replay anyway)"
-            )
-        conn.execute(
-            update(outbox)
-            .where(outbox.c.id == outbox_id, outbox.c.state == DEAD)
-            .values(
-                state=PENDING, attempts=0, next_attempt_at=at, lease_owner=None, lease_until=None
-            )
-        )
-        record_event(
-            conn,
-            PipelineEvent(
-                kind=Event.WORKLIST_QUEUED,
-                actor=actor,
-                occurred_at=at,
-                study_instance_uid=row.study_instance_uid,
-                patient_id=_patient_of(conn, row.study_instance_uid),
-                detail=_detail(
-                    outbox_id,
-                    row.destination,
-                    row.idempotency_key,
-                    replay="true",
-                    **{"previous-error": row.last_error},
-                ),
-            ),
-        )
-
-
-def _as_row(r: Row[Any]) -> OutboxRow:
-    return OutboxRow(
-        id=int(r.id),
-        destination=r.destination,
-        idempotency_key=r.idempotency_key,
-        study_instance_uid=r.study_instance_uid,
-        kind=r.kind,
-        payload=r.payload,
-        state=r.state,
-        attempts=int(r.attempts),
-        next_attempt_at=_read_utc(r.next_attempt_at),
-        last_error=r.last_error,
-        created_at=_read_utc(r.created_at),
-        delivered_at=None if r.delivered_at is None else _read_utc(r.delivered_at),
-    )
-
-
-def list_rows(
-    engine: Engine, state: str | None = None, *, limit: int | None = None
-) -> list[OutboxRow]:
-    """Outbox rows in queue order, optionally only those in one state."""
-    query = select(outbox).order_by(outbox.c.id).limit(limit)
-    if state is not None:
-        query = query.where(outbox.c.state == state)
-    with engine.connect() as conn:
-        return [_as_row(r) for r in conn.execute(query)]
-
-
-def get_row(engine: Engine, outbox_id: int) -> OutboxRow | None:
-    """One outbox row, or None."""
-    with engine.connect() as conn:
-        row = conn.execute(select(outbox).where(outbox.c.id == outbox_id)).one_or_none()
-    return None if row is None else _as_row(row)
-
-
-def count_by_state(engine: Engine) -> list[tuple[dict[str, str], float]]:
-    """(labels, rows) per destination and state, for the outbox gauge at scrape time."""
-    query = select(outbox.c.destination, outbox.c.state, func.count()).group_by(
-        outbox.c.destination, outbox.c.state
-    )
-    with engine.connect() as conn:
-        return [({"destination": d, "state": st}, float(n)) for d, st, n in conn.execute(query)]
