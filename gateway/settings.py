@@ -254,6 +254,13 @@ class WorklistDestination:
     timeout_seconds: float = field(
         default=0.0, metadata=_doc("Per-request timeout; 0: worklist.ack_timeout_seconds.")
     )
+    priority_overrides: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "priority=code pairs replacing the mapping table for this peer, e.g. urgent=A "
+            "(HL7 0485/0027 by message) or routine=LOW (UPS)."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,19 @@ import ssl
 from collections.abc import Mapping
 
 from adapters.worklist.fhir_service_request import FhirServiceRequestUpdater
-from adapters.worklist.hl7_render import MESSAGES, Hl7Profile
+from adapters.worklist.hl7_render import MESSAGES, OMI_O23, Hl7Profile
 from adapters.worklist.http_peer import read_secret
 from adapters.worklist.mllp import MllpWorklistUpdater
 from adapters.worklist.ups_rs import UpsRsWorklistUpdater
 from adapters.worklist.webhook import WebhookWorklistUpdater
+from gateway.domain.errors import InvalidInput
+from gateway.domain.priority import (
+    HL7_0027_CODES,
+    HL7_0485_CODES,
+    UPS_CODES,
+    Priority,
+    parse_overrides,
+)
 from gateway.ports import WorklistUpdater
 from gateway.settings import SettingsError, WorklistDestination, WorklistSettings
 
@@ -50,6 +58,23 @@ def _check(destination: WorklistDestination, seen: set[str]) -> None:
         raise SettingsError(f"{where}: {destination.kind} needs an http(s) url")
     if destination.kind == WEBHOOK and not destination.secret_file:
         raise SettingsError(f"{where}: a webhook needs secret_file")
+    try:
+        overrides(destination)
+    except InvalidInput as exc:
+        raise SettingsError(f"{where}: priority_overrides: {exc.message}") from exc
+
+
+def overrides(destination: WorklistDestination) -> dict[Priority, str]:
+    """The destination's priority codes that replace the mapping table's, validated."""
+    if not destination.priority_overrides:
+        return {}
+    if destination.kind == HL7_MLLP:
+        allowed = HL7_0485_CODES if destination.message == OMI_O23 else HL7_0027_CODES
+    elif destination.kind == UPS_RS:
+        allowed = UPS_CODES
+    else:
+        raise InvalidInput(f"{destination.kind} sends the FHIR code itself; nothing to override")
+    return parse_overrides(destination.priority_overrides, allowed)
 
 
 def build_updater(destination: WorklistDestination, settings: WorklistSettings) -> WorklistUpdater:
@@ -62,6 +87,7 @@ def build_updater(destination: WorklistDestination, settings: WorklistSettings) 
             sending_application=settings.sending_application,
             receiving_application=destination.receiving_application,
             receiving_facility=destination.receiving_facility,
+            overrides=overrides(destination),
         )
         return MllpWorklistUpdater(
             destination.host,
@@ -71,7 +97,9 @@ def build_updater(destination: WorklistDestination, settings: WorklistSettings) 
             tls=tls_context(destination),
         )
     if destination.kind == UPS_RS:
-        return UpsRsWorklistUpdater(destination.url, timeout=timeout, bearer_token=token)
+        return UpsRsWorklistUpdater(
+            destination.url, timeout=timeout, bearer_token=token, overrides=overrides(destination)
+        )
     if destination.kind == FHIR_SERVICE_REQUEST:
         return FhirServiceRequestUpdater(
             destination.url,

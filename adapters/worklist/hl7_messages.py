@@ -96,6 +96,7 @@ def build_omi_o23(
     procedure_code: str = "IMG",
     procedure_text: str = "Imaging procedure",
     procedure_coding_system: str = "L",
+    priority_code: str = "",
 ) -> str:
     """An OMI^O23 order-change (ORC-1 XO) carrying the new priority in TQ1-9 (HL7 table 0485).
 
@@ -104,7 +105,7 @@ def build_omi_o23(
     """
     if not 0 < len(control_id) <= MAX_CONTROL_ID:
         raise InvalidInput(f"MSH-10 control id must be 1..{MAX_CONTROL_ID} characters")
-    code = codes_for(priority).hl7_0485
+    code = priority_code or codes_for(priority).hl7_0485
     ts = hl7_timestamp(when)
     accession = _required("accession number (IPC-1)", accession_number)
     placer = escape(placer_order)
@@ -172,6 +173,7 @@ def build_orm_o01(
     procedure_code: str = "IMG",
     procedure_text: str = "Imaging procedure",
     procedure_coding_system: str = "L",
+    priority_code: str = "",
 ) -> str:
     """A v2.3 ORM^O01 order change (ORC-1 XO) with the priority in ORC-7.6 and OBR-27.6 (0027).
 
@@ -180,7 +182,7 @@ def build_orm_o01(
     """
     if not 0 < len(control_id) <= MAX_CONTROL_ID:
         raise InvalidInput(f"MSH-10 control id must be 1..{MAX_CONTROL_ID} characters")
-    timing = f"^^^^^{codes_for(priority).hl7_0027}"  # TQ component 6 is the priority
+    timing = f"^^^^^{priority_code or codes_for(priority).hl7_0027}"  # TQ component 6
     ts = hl7_timestamp(when)
     accession = _required("accession number (OBR-18)", accession_number)
     placer = escape(placer_order)

@@ -7,11 +7,13 @@ the same id and a RIS that de-duplicates on MSH-10 applies it once.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.worklist.hl7_messages import MAX_CONTROL_ID, build_omi_o23, build_orm_o01
 from gateway.domain.errors import InvalidInput
+from gateway.domain.priority import Priority
 from gateway.domain.worklist import PriorityChange
 
 OMI_O23 = "OMI^O23"
@@ -33,6 +35,8 @@ class Hl7Profile:
     sending_facility: str = ""
     receiving_application: str = "RIS"
     receiving_facility: str = ""
+    # The destination's own choice for some priorities (table 0485 or 0027 code by message).
+    overrides: Mapping[Priority, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.message not in MESSAGES:
@@ -53,6 +57,7 @@ class Hl7Profile:
             "filler_order": change.filler_order_number or change.accession_number,
             "priority": change.priority,
             "when": change.requested_at,
+            "priority_code": self.overrides.get(change.priority, ""),
         }
         if self.message == ORM_O01:
             return build_orm_o01(**common)

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from adapters.worklist.http_peer import HttpPeer, Reply
 from gateway.domain.errors import DeliveryFailed, DeliveryRefused, InvalidInput
-from gateway.domain.priority import codes_for
+from gateway.domain.priority import Priority, codes_for
 from gateway.domain.worklist import PriorityChange
 from gateway.ports import WorklistMessage
 
@@ -101,9 +102,17 @@ def priority_update(value: str) -> bytes:
 class UpsRsWorklistUpdater:
     """Changes the priority of a study's UPS workitems on one UPS-RS service."""
 
-    def __init__(self, base_url: str, *, timeout: float, bearer_token: str = "") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float,
+        bearer_token: str = "",
+        overrides: Mapping[Priority, str] | None = None,
+    ) -> None:
         self._peer = HttpPeer(base_url, timeout=timeout, bearer_token=bearer_token)
         self._base = base_url.rstrip("/")
+        self._overrides = dict(overrides or {})
 
     async def deliver(self, message: WorklistMessage) -> str:
         """Update every matching workitem; returns `uid=outcome` pairs for the audit record."""
@@ -111,7 +120,7 @@ class UpsRsWorklistUpdater:
             change = PriorityChange.from_json(message.payload)
         except InvalidInput as exc:
             raise DeliveryRefused(f"outbox {message.outbox_id}: {exc.message}") from exc
-        target = codes_for(change.priority).ups
+        target = self._overrides.get(change.priority) or codes_for(change.priority).ups
         workitems = await self.search_workitems(change)
         if not workitems:
             raise DeliveryFailed(

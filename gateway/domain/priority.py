@@ -7,7 +7,10 @@ each row's codes are valid in their own code system (HL7 tables 0485 and 0027, P
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from gateway.domain.errors import InvalidInput
 
 
 class Priority(enum.StrEnum):
@@ -45,3 +48,25 @@ PRIORITY_TABLE: dict[Priority, PriorityCodes] = {
 def codes_for(priority: Priority) -> PriorityCodes:
     """The HL7 and DICOM codes for a FHIR priority."""
     return PRIORITY_TABLE[priority]
+
+
+# The codes each system allows (HL7 tables 0485 and 0027 without the TS/TM… timing forms; the
+# enumerated values of (0074,1200)), for per-destination overrides of the table above.
+HL7_0485_CODES = frozenset({"S", "A", "R", "P", "C", "T", "PRN"})
+HL7_0027_CODES = frozenset({"S", "A", "R", "P", "T"})
+UPS_CODES = frozenset({"HIGH", "MEDIUM", "LOW"})
+
+
+def parse_overrides(pairs: Iterable[str], allowed: frozenset[str]) -> dict[Priority, str]:
+    """`urgent=A` pairs as {Priority.URGENT: "A"}; unknown priorities or codes raise."""
+    overrides: dict[Priority, str] = {}
+    for pair in pairs:
+        name, _, code = pair.partition("=")
+        try:
+            priority = Priority(name.strip().lower())
+        except ValueError:
+            raise InvalidInput(f"{name.strip()!r} is not a FHIR request-priority") from None
+        if code.strip() not in allowed:
+            raise InvalidInput(f"{code.strip()!r} is not one of {sorted(allowed)}")
+        overrides[priority] = code.strip()
+    return overrides

@@ -165,3 +165,11 @@ async def test_a_service_that_is_down_is_a_transient_failure() -> None:
     with pytest.raises(DeliveryFailed):
         await updater.deliver(_message(Priority.STAT))
     await updater.aclose()
+
+
+async def test_a_destination_override_picks_low_for_routine(ups: UpsRsServer) -> None:
+    ups.add_workitem("1.2.3.1", patient_id="PAT-61", accession="ACC-61", study_uid=STUDY)
+    updater = UpsRsWorklistUpdater(ups.url, timeout=5, overrides={Priority.ROUTINE: "LOW"})
+    assert await updater.deliver(_message(Priority.ROUTINE)) == "1.2.3.1=LOW"
+    await updater.aclose()
+    assert ups.state_of("1.2.3.1") == ("SCHEDULED", "LOW")

@@ -15,7 +15,8 @@ from adapters.worklist.ups_rs import UpsRsWorklistUpdater
 from adapters.worklist.webhook import WebhookWorklistUpdater
 from gateway.domain.errors import InvalidInput
 from gateway.domain.priority import Priority
-from gateway.domain.worklist import PriorityChange
+from gateway.domain.worklist import PRIORITY_CHANGE_KIND, PriorityChange
+from gateway.ports import WorklistMessage
 from gateway.settings import SettingsError, WorklistSettings, load_settings
 
 TOML = """
@@ -99,7 +100,7 @@ def test_bad_destination_tables_are_refused(table: dict[str, object], error: str
 
 
 def test_unknown_keys_in_a_destination_are_refused() -> None:
-    with pytest.raises(SettingsError, match="worklist.destinations"):
+    with pytest.raises(SettingsError, match=r"worklist\.destinations"):
         load_settings(environ={"HITL_GATEWAY_WORKLIST__DESTINATIONS": '[{"nmae": "x"}]'})
 
 
@@ -135,3 +136,61 @@ def test_priority_change_round_trips_and_refuses_gaps() -> None:
         PriorityChange.from_json('{"schema": 99}')
     with pytest.raises(InvalidInput):
         PriorityChange.from_json("MSH|^~\\&|")
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ({"kind": "hl7-mllp", "host": "h", "port": 1, "priority_overrides": ["soon=A"]}, "soon"),
+        ({"kind": "hl7-mllp", "host": "h", "port": 1, "priority_overrides": ["urgent=X"]}, "X"),
+        (
+            {
+                "kind": "hl7-mllp",
+                "host": "h",
+                "port": 1,
+                "message": "ORM^O01",
+                "priority_overrides": ["urgent=C"],  # C is in 0485, not in 0027
+            },
+            "'C'",
+        ),
+        ({"kind": "ups-rs", "url": "http://x", "priority_overrides": ["routine=URGENT"]}, "URG"),
+        ({"kind": "fhir-service-request", "url": "http://x", "priority_overrides": ["stat=S"]}, ""),
+    ],
+)
+def test_priority_overrides_are_checked_against_the_peer_code_system(
+    table: dict[str, object], error: str
+) -> None:
+    variable = {"HITL_GATEWAY_WORKLIST__DESTINATIONS": json.dumps([{"name": "a", **table}])}
+    destinations = load_settings(environ=variable).worklist.destinations
+    with pytest.raises(SettingsError, match=f"priority_overrides.*{error}"):
+        build_updaters(WorklistSettings(destinations=destinations))
+
+
+@pytest.mark.parametrize(
+    ("message", "segment"), [("OMI^O23", "TQ1|||||||||A^ASAP"), ("ORM^O01", "|^^^^^A|")]
+)
+def test_a_destination_may_choose_its_own_code_for_a_priority(message: str, segment: str) -> None:
+    variable = {
+        "HITL_GATEWAY_WORKLIST__DESTINATIONS": json.dumps(
+            [
+                {
+                    "name": "ris",
+                    "host": "h",
+                    "port": 1,
+                    "message": message,
+                    "priority_overrides": ["urgent=A"],
+                }
+            ]
+        )
+    }
+    updater = build_updaters(load_settings(environ=variable).worklist)["ris"]
+    assert isinstance(updater, MllpWorklistUpdater)
+    change = PriorityChange("t:2", "1.2.3", "ACC", "PAT", Priority.URGENT, WHEN)
+    rendered = updater.render(
+        WorklistMessage(1, "t:2", "ris", PRIORITY_CHANGE_KIND, change.to_json())
+    )
+    assert segment in rendered
+    stat = PriorityChange("t:3", "1.2.3", "ACC", "PAT", Priority.STAT, WHEN)
+    assert "A^ASAP" not in updater.render(
+        WorklistMessage(2, "t:3", "ris", PRIORITY_CHANGE_KIND, stat.to_json())
+    )
