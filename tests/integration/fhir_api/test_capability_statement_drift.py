@@ -92,3 +92,14 @@ def test_statement_names_the_fhir_version_and_smart_service(tmp_path: Any) -> No
     assert statement["fhirVersion"] == "4.0.1"
     codes = [c["code"] for c in statement["rest"][0]["security"]["service"][0]["coding"]]
     assert codes == ["SMART-on-FHIR"]
+
+
+def test_docs_list_every_route_with_its_scope_and_search_parameters() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "fhir-api.md").read_text("utf-8")
+    for route in ROUTES:
+        name = f"${route.operation}" if route.operation else route.interaction
+        params = ", ".join(f"`{p.name}`" for p in route.search_params)
+        row = f"| `{route.method} {route.path}` | {name} | `{route.scope_resource}.{route.scope}` |"
+        assert f"{row} {params} |" in text, row
