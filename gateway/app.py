@@ -52,7 +52,11 @@ async def _reap_spool(engine: Engine, settings: Settings) -> None:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run the DIMSE and HTTP listeners and the pipeline workers until stopped."""
-    from adapters.worklist.factory import build_alert_updater, build_updaters
+    from adapters.worklist.factory import (
+        build_alert_updater,
+        build_encounter_lookup,
+        build_updaters,
+    )
     from adapters.worklist.http_peer import read_secret
     from gateway.assembly import StudyAssembler
     from gateway.audit.checkpoint import checkpointer
@@ -92,12 +96,14 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         max_claim_attempts=settings.assembly.max_claim_attempts,
     )
     review = ReviewService(engine, settings)
+    encounters = build_encounter_lookup(settings.worklist)
     step = ScoringStep(
         engine=engine,
         settings=settings,
         assembler=assembler,
         scorer=scorer,
         write_review_task=review.create_review_task,
+        encounters=encounters,
     )
     metrics = Metrics()
     metrics.gauge(
@@ -141,6 +147,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         for updater in updaters.values():
             if hasattr(updater, "aclose"):
                 stack.push_async_callback(updater.aclose)
+        if encounters is not None:
+            stack.push_async_callback(encounters.aclose)
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
         await site.start()
         dimse.start()

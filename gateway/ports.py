@@ -48,3 +48,11 @@ class WorklistUpdater(Protocol):
     async def deliver(self, message: WorklistMessage) -> str:
         """Send and wait for the acknowledgement; returns the peer's acknowledgement id."""
         ...
+
+
+class EncounterLookup(Protocol):
+    """Finds the encounter of an order in the EHR (raises DeliveryFailed when unreachable)."""
+
+    async def encounter_for_accession(self, accession_number: str) -> str:
+        """The Encounter id for this accession number, or '' when the EHR has none."""
+        ...

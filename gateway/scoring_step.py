@@ -24,9 +24,10 @@ from gateway.audit.trail import record_event
 from gateway.domain.errors import GatewayError, ModelUnavailable
 from gateway.domain.model import Actor, ScoreResult, StudyContext, StudyState, Thresholds
 from gateway.domain.triage import proposed_priority
+from gateway.encounter_context import with_encounter
 from gateway.persistence.tables import instances, scores
 from gateway.pipeline import Event, PipelineEvent
-from gateway.ports import ModelOutput, StudyScorer
+from gateway.ports import EncounterLookup, ModelOutput, StudyScorer
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,10 @@ class ScoringStep:
         use_case: str = "cxr-pneumothorax",
         scorers: Mapping[str, StudyScorer] | None = None,
         router: Router | None = None,
+        encounters: EncounterLookup | None = None,
     ) -> None:
         self._engine = engine
+        self._encounters = encounters
         self._settings = settings
         self._assembler = assembler
         self._scorer = scorer
@@ -139,6 +142,7 @@ class ScoringStep:
                 await asyncio.wait_for(stop.wait(), self._settings.assembly.poll_seconds)
 
     async def _score(self, study: StudyContext) -> None:
+        study = await with_encounter(study, self._encounters)
         output: ModelOutput | None = None
         reason = ""
         use_case, paths = self._use_case, study.instance_paths

@@ -306,6 +306,13 @@ class WorklistSettings:
     alert_secret_file: str = field(
         default="", metadata=_doc("File holding the HMAC-SHA256 key of dead-letter alerts.")
     )
+    encounter_lookup: str = field(
+        default="",
+        metadata=_doc(
+            "Name of a fhir-service-request destination whose EHR resolves the encounter of "
+            "studies whose header lacks it (by accession); empty: no look-up."
+        ),
+    )
 
     def all_destinations(self) -> tuple[WorklistDestination, ...]:
         """The configured peers, with the legacy hl7_host/hl7_port one named hl7 first."""

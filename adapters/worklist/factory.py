@@ -135,3 +135,23 @@ def build_alert_updater(settings: WorklistSettings) -> WorklistUpdater | None:
         read_secret(settings.alert_secret_file),
         timeout=settings.ack_timeout_seconds,
     )
+
+
+def build_encounter_lookup(settings: WorklistSettings) -> FhirServiceRequestUpdater | None:
+    """The EHR client named by `worklist.encounter_lookup`, when one is configured."""
+    if not settings.encounter_lookup:
+        return None
+    for destination in settings.all_destinations():
+        if destination.name == settings.encounter_lookup:
+            if destination.kind != FHIR_SERVICE_REQUEST:
+                break
+            return FhirServiceRequestUpdater(
+                destination.url,
+                timeout=destination.timeout_seconds or settings.ack_timeout_seconds,
+                bearer_token=read_secret(destination.bearer_token_file),
+                accession_system=destination.accession_system,
+            )
+    raise SettingsError(
+        f"worklist.encounter_lookup {settings.encounter_lookup!r} names no "
+        "fhir-service-request destination"
+    )

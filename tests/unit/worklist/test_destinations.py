@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.worklist.factory import build_alert_updater, build_updaters
+from adapters.worklist.factory import build_alert_updater, build_encounter_lookup, build_updaters
 from adapters.worklist.fhir_service_request import FhirServiceRequestUpdater
 from adapters.worklist.mllp import MllpWorklistUpdater
 from adapters.worklist.ups_rs import UpsRsWorklistUpdater
@@ -194,3 +194,18 @@ def test_a_destination_may_choose_its_own_code_for_a_priority(message: str, segm
     assert "A^ASAP" not in updater.render(
         WorklistMessage(2, "t:3", "ris", PRIORITY_CHANGE_KIND, stat.to_json())
     )
+
+
+def test_the_encounter_lookup_names_a_fhir_destination() -> None:
+    ehr = '[{"name": "ehr", "kind": "fhir-service-request", "url": "http://127.0.0.1:9/fhir"}]'
+    settings = load_settings(
+        environ={
+            "HITL_GATEWAY_WORKLIST__DESTINATIONS": ehr,
+            "HITL_GATEWAY_WORKLIST__ENCOUNTER_LOOKUP": "ehr",
+        }
+    )
+    assert isinstance(build_encounter_lookup(settings.worklist), FhirServiceRequestUpdater)
+    assert build_encounter_lookup(WorklistSettings()) is None
+    wrong = WorklistSettings(hl7_host="ris", hl7_port=1, encounter_lookup="hl7")
+    with pytest.raises(SettingsError, match="names no fhir-service-request"):
+        build_encounter_lookup(wrong)
