@@ -1,9 +1,10 @@
 """Durable spool of received instances: `<root>/<StudyInstanceUID>/<SOPInstanceUID>.<version>.dcm`.
 
-A file is written to a temporary name in its final directory, fsynced, linked to its final name
-(which never replaces an existing file) and the directory is fsynced, so a name that exists
-always holds complete, durable bytes. A crash between the spool and the database commit leaves an
-orphan file that no row refers to; it is harmless and its version number is simply skipped.
+A file is created exclusively under its final name (never replacing an existing one), written,
+fsynced, and its directory fsynced, all before any database row refers to it; so a file a row
+refers to always holds complete, durable bytes. A crash before the commit leaves an orphan (whole
+or partial) that no row refers to; its version number is skipped and `gateway.spool_reaper`
+removes it at the next start.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import errno
 import hashlib
 import os
 import re
-import secrets
 import shutil
 import threading
 from collections.abc import Iterator
@@ -157,11 +157,16 @@ class Spool:
         if not directory.exists():
             directory.mkdir(parents=True, exist_ok=True)
             _fsync_dir(directory.parent)
-        tmp = directory / f".{final.name}.{secrets.token_hex(6)}.tmp"
         digest = hashlib.sha256()
         size = 0
         try:
-            with tmp.open("xb") as out:
+            # Exclusive creation never replaces an existing name: two writers of the same
+            # version cannot overwrite each other's bytes.
+            out = final.open("xb")
+        except FileExistsError as exc:
+            raise SpoolCollisionError(f"{final.name} already exists") from exc
+        try:
+            with out:
                 for chunk in _chunks(source):
                     start = size
                     size += len(chunk)
@@ -174,15 +179,12 @@ class Spool:
                     )
                     out.write(chunk)
                 out.flush()
+                # The file's fsync also commits its directory entry on journalling file
+                # systems, which leaves the directory's own fsync below with little to do.
                 os.fsync(out.fileno())
-            try:
-                # link() never replaces an existing name, unlike rename(): two writers of the
-                # same version cannot overwrite each other's bytes.
-                os.link(tmp, final)
-            except FileExistsError as exc:
-                raise SpoolCollisionError(f"{final.name} already exists") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
         _fsync_dir(directory)
         return SpooledFile(final, size, digest.hexdigest())
 
