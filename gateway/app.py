@@ -24,6 +24,19 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class _ScoringReadiness:
+    """The scorers' and the worker pool's readiness as one `describe()`."""
+
+    def __init__(self, service: Any, step: Any) -> None:
+        self._service = service
+        self._step = step
+
+    def describe(self) -> dict[str, Any]:
+        """Served versions per use case and pool health; status "ok" or "degraded"."""
+        facts: dict[str, Any] = self._service.describe(self._step.health())
+        return facts
+
+
 def _readiness(engine: Engine, scorer: Any, dispatcher_alive: Any) -> dict[str, Any]:
     checks: dict[str, Any] = {}
     try:
@@ -75,8 +88,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     from gateway.review_sla import run_sweeper
     from gateway.scoring_step import ScoringStep
     from gateway.spool import Spool
-    from scoring.registry import ModelRegistry
-    from scoring.runner import OnnxStudyScorer
+    from scoring.service import ScoringService
 
     stop = stop or asyncio.Event()
     engine = make_engine(settings.database_url)
@@ -87,8 +99,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
 
     spool = Spool(settings.storage.spool_dir, settings.storage.spool_quota_bytes or None)
     recorder = InstanceRecorder(engine, spool, settings)
-    registry = ModelRegistry(settings.mlflow_tracking_uri)
-    scorer = OnnxStudyScorer(registry, settings.mlflow.model_name, settings.mlflow.alias)
+    scoring = ScoringService(settings, engine)
     assembler = StudyAssembler(
         engine,
         worker,
@@ -101,11 +112,14 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         engine=engine,
         settings=settings,
         assembler=assembler,
-        scorer=scorer,
+        scorer=scoring.scorers["cxr-pneumothorax"],
+        scorers=scoring.scorers,
+        router=scoring.route,
         write_review_task=review.create_review_task,
         encounters=encounters,
     )
     metrics = Metrics()
+    scoring.attach_metrics(metrics)
     metrics.gauge(
         "hitl_outbox_rows", "Outbox rows by destination and state.", lambda: count_by_state(engine)
     )
@@ -128,7 +142,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         engine,
         review,
         TokenValidator(settings),
-        lambda: _readiness(engine, scorer, lambda: any(not w.done() for w in workers)),
+        lambda: _readiness(
+            engine, _ScoringReadiness(scoring, step), lambda: any(not w.done() for w in workers)
+        ),
     )
     add_metrics_route(app, metrics, read_secret(settings.http.metrics_token_file))
     register_dicomweb(app, recorder)
@@ -156,6 +172,11 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         workers.append(asyncio.create_task(_reap_spool(engine, settings), name="spool-reaper"))
         stack.callback(step.close)
         workers.append(asyncio.create_task(step.run_forever(stop), name="scoring"))
+        workers.append(
+            asyncio.create_task(
+                scoring.watch(stop, settings.mlflow.poll_seconds), name="model-watch"
+            )
+        )
         workers.append(asyncio.create_task(dispatcher.run_forever(stop), name="outbox"))
         workers.append(
             asyncio.create_task(checkpointer(engine, settings, stop), name="audit-checkpoints")

@@ -6,6 +6,7 @@ without touching the others.
 
 COMMAND_MODULES: tuple[str, ...] = (
     "gateway.commands.audit",
-    "gateway.commands.review",
+    "gateway.commands.model",
     "gateway.commands.outbox",
+    "gateway.commands.review",
 )
