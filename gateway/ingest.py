@@ -181,13 +181,15 @@ class InstanceRecorder:
         *,
         peer_address: str = "",
         transfer_id: str | None = None,
+        adopt: bool = False,
     ) -> IngestOutcome:
-        """Spool and record one received instance (the file at `path` is copied, not moved).
+        """Spool and record one received instance (the file at `path` is copied, or linked with
+        `adopt` when the caller owns it and it lies on the spool's file system).
 
         With a `transfer_id` the instance is audited by its association's or request's DICOM
         Instances Transferred summary (gateway.transfer_audit); without one, by its own record.
         """
-        version, spooled = self._spool_next_version(path, header)
+        version, spooled = self._spool_next_version(path, header, adopt)
         outcome = self._commit(spooled, version, header, calling_ae, peer_address, transfer_id)
         if outcome.disposition is Disposition.DUPLICATE:
             # The identical bytes are already recorded under another version; the copy is
@@ -217,7 +219,9 @@ class InstanceRecorder:
                 ),
             )
 
-    def _spool_next_version(self, path: Path, header: ParsedHeader) -> tuple[int, SpooledFile]:
+    def _spool_next_version(
+        self, path: Path, header: ParsedHeader, adopt: bool = False
+    ) -> tuple[int, SpooledFile]:
         with self._engine.connect() as conn:
             latest = conn.execute(
                 select(instances.c.version)
@@ -234,6 +238,7 @@ class InstanceRecorder:
                     header.sop_instance_uid,
                     version,
                     hash_from=data_set_offset(path),
+                    adopt=adopt,
                 )
             except SpoolCollisionError:
                 # Another writer (or an orphan of a crash) holds this version's name.

@@ -95,8 +95,13 @@ class Spool:
         version: int,
         *,
         hash_from: int = 0,
+        adopt: bool = False,
     ) -> SpooledFile:
-        """Copy `source` durably to its spool path; raises OutOfResources or SpoolCollisionError."""
+        """Copy `source` durably to its spool path; raises OutOfResources or SpoolCollisionError.
+
+        With `adopt`, a source file on the spool's file system is linked instead of copied: only
+        for a file the caller owns and will not change (a received temporary file).
+        """
         final = self.path_for(study_uid, sop_uid, version)
         if final.exists():
             raise SpoolCollisionError(f"{final.name} already exists")
@@ -109,7 +114,10 @@ class Spool:
         self._reserve(expected)
         reservation = [expected]
         try:
-            spooled = self._write(source, final, reservation, hash_from)
+            if adopt and isinstance(source, Path) and _same_device(source, self.root):
+                spooled = self._adopt(source, final, hash_from)
+            else:
+                spooled = self._write(source, final, reservation, hash_from)
         except OSError as exc:
             self._settle(reservation[0], 0)
             if exc.errno in _FULL:
@@ -120,6 +128,27 @@ class Spool:
             raise
         self._settle(reservation[0], spooled.size)
         return spooled
+
+    def _adopt(self, source: Path, final: Path, hash_from: int) -> SpooledFile:
+        directory = final.parent
+        if not directory.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(directory.parent)
+        digest = hashlib.sha256()
+        size = 0
+        with source.open("rb") as fh:
+            while chunk := fh.read(CHUNK_BYTES):
+                start = size
+                size += len(chunk)
+                digest.update(chunk[max(0, hash_from - start) :] if start < hash_from else chunk)
+            # The received bytes reach the disk before any name in the spool refers to them.
+            os.fsync(fh.fileno())
+        try:
+            os.link(source, final)
+        except FileExistsError as exc:
+            raise SpoolCollisionError(f"{final.name} already exists") from exc
+        _fsync_dir(directory)
+        return SpooledFile(final, size, digest.hexdigest())
 
     def discard(self, path: Path) -> None:
         """Remove a spooled file that no database row refers to."""
@@ -187,6 +216,13 @@ class Spool:
             raise
         _fsync_dir(directory)
         return SpooledFile(final, size, digest.hexdigest())
+
+
+def _same_device(path: Path, root: Path) -> bool:
+    try:
+        return path.stat().st_dev == root.stat().st_dev
+    except OSError:
+        return False
 
 
 def _chunks(source: Path | bytes | BinaryIO) -> Iterator[bytes]:

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from aiohttp import web
-from aiohttp.helpers import parse_mimetype
 
 from gateway.listeners.http import SETTINGS
 
@@ -40,8 +39,5 @@ def accepts(request: web.Request, *media_types: str) -> bool:
     if not header.strip():
         return True
     offered = set(media_types) | {"*/*", "application/*"}
-    for item in header.split(","):
-        media = parse_mimetype(item.strip())
-        if f"{media.type}/{media.subtype}" in offered:
-            return True
-    return False
+    # Compared as written: parse_mimetype would split "dicom+json" into a subtype and a suffix.
+    return any(item.split(";")[0].strip().lower() in offered for item in header.split(","))

@@ -215,7 +215,12 @@ class DimseListener:
                     )
                 tally = self._tally(event)
                 outcome = self._recorder.record(
-                    path, header, calling_ae, peer_address=peer, transfer_id=tally.transfer_id
+                    path,
+                    header,
+                    calling_ae,
+                    peer_address=peer,
+                    transfer_id=tally.transfer_id,
+                    adopt=True,  # pynetdicom's received file, deleted after this handler
                 )
                 tally.stored(outcome)
         except InvalidInput as exc:

@@ -142,6 +142,7 @@ class StowRequest:
                 STOW_SENDER,
                 peer_address=peer or "",
                 transfer_id=self._tally.transfer_id,
+                adopt=True,  # this request's own part file, deleted after recording
             )
         except OutOfResources as exc:
             return self._refused(cls, sop, FailureReason.OUT_OF_RESOURCES, exc.message, peer)

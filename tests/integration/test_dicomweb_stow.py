@@ -154,9 +154,11 @@ async def test_statuses_of_ps3_18(gw: Gateway, tmp_path: Path) -> None:
     other = write_dicom(tmp_path / "other.dcm", generate_uid()).read_bytes()
     garbage = b"\x00" * 128 + b"DICM" + b"\xff" * 200
 
-    response = await _post(gw, _body(good))
+    response = await _post(gw, _body(good), Accept="application/dicom+json")
     assert response.status == 200
     assert response.headers["Content-Type"] == "application/dicom+json"
+    response = await _post(gw, _body(good), Accept="application/dicom+xml")
+    assert response.status == 406
 
     # Partly stored: an instance of another study and garbage fail, one new instance is stored.
     second = write_dicom(tmp_path / "second.dcm", study).read_bytes()

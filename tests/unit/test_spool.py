@@ -132,3 +132,31 @@ def test_a_uid_that_is_not_a_uid_cannot_escape_the_root(tmp_path: Path) -> None:
     spooled = Spool(tmp_path / "spool").store_file(b"x", "../../etc", "../passwd", 1)
     assert spooled.path.resolve().is_relative_to((tmp_path / "spool").resolve())
     assert ".." not in spooled.path.name
+
+
+def test_an_owned_file_on_the_same_volume_is_linked_not_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "received.dcm"
+    source.write_bytes(b"meta" + b"data" * 1000)
+    log: list[str] = []
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync(fd: int) -> None:
+        log.append("dir-fsync" if os.path.isdir(f"/proc/self/fd/{fd}") else "file-fsync")
+        real_fsync(fd)
+
+    def link(src: str | Path, dst: str | Path) -> None:
+        log.append("link")
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
+    spooled = Spool(tmp_path / "spool").store_file(source, STUDY, SOP, 1, hash_from=4, adopt=True)
+    assert spooled.path.stat().st_ino == source.stat().st_ino
+    assert spooled.sha256 == hashlib.sha256(b"data" * 1000).hexdigest()
+    assert log[-3:] == ["file-fsync", "link", "dir-fsync"]
+    source.unlink()  # the receiver deletes its temporary file; the spooled name keeps the bytes
+    assert spooled.path.read_bytes() == b"meta" + b"data" * 1000
+    copied = Spool(tmp_path / "spool").store_file(spooled.path, STUDY, SOP, 2)
+    assert copied.path.stat().st_ino != spooled.path.stat().st_ino
