@@ -41,4 +41,3 @@ def add_metrics_route(app: web.Application, registry: Metrics, scrape_token: str
     app[METRICS] = registry
     app[SCRAPE_TOKEN] = scrape_token
     app.router.add_get("/metrics", metrics)
-
