@@ -9,9 +9,10 @@ forward only over records that exist.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, update
+from sqlalchemy import Connection, Table, insert, update
 
 from fhir_mapping.canonical import canonical_json
 from gateway.audit.trail import (
@@ -70,10 +71,34 @@ def append_batch(
             entries += index_rows(seq, resource_type, document, recorded)
             appended.append(AppendedRecord(seq, digest, resource_type, document["id"]))
             prev_hash = digest
-        conn.execute(insert(audit_log), rows)
+        _insert(conn, audit_log, rows)
         if entries:
-            conn.execute(insert(audit_index), entries)
+            _insert(conn, audit_index, entries)
         conn.execute(
             update(audit_head).where(audit_head.c.id == HEAD_ID).values(seq=seq, hash=prev_hash)
         )
     return appended
+
+
+def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Multi-row insert; PostgreSQL with psycopg uses COPY (an order of magnitude faster)."""
+    driver = conn.connection.driver_connection
+    if conn.dialect.name != "postgresql" or not hasattr(driver, "cursor"):
+        conn.execute(insert(table), rows)
+        return
+    names = list(rows[0])
+    lines = "".join("\t".join(_copy_text(row[n]) for n in names) + "\n" for row in rows)
+    statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+        copy.write(lines)
+
+
+def _copy_text(value: Any) -> str:
+    """A value in COPY text format (PostgreSQL docs, COPY: backslash escapes)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = str(value)
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        text = text.replace("\\", "\\\\").replace("\t", "\\t")
+        text = text.replace("\n", "\\n").replace("\r", "\\r")
+    return text

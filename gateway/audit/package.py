@@ -214,7 +214,12 @@ def _write_records(
         audit_log.c.resource,
         audit_log.c.prev_hash,
         audit_log.c.hash,
-    ).where(audit_log.c.recorded >= request.start, audit_log.c.recorded < request.end)
+    ).where(
+        # Naming both types lets the (resource_type, recorded) index serve the period.
+        audit_log.c.resource_type.in_(("AuditEvent", "Provenance")),
+        audit_log.c.recorded >= request.start,
+        audit_log.c.recorded < request.end,
+    )
     if request.patient:
         query = query.where(audit_log.c.patient_id == request.patient)
     with engine.connect() as conn:

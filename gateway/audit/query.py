@@ -2,7 +2,7 @@
 
 Shared by the FHIR routes and the Bulk Data export: the HTTP layer parses the query string, this
 module runs it. Token and reference parameters (`agent`, `entity`, `target`, `type`, `subtype`,
-`action`, `address`, `model`) go through `audit_index`, whose key (param, value, recorded, seq)
+`address`, `model`) go through `audit_index`, whose key (param, value, recorded, seq)
 serves "this agent, newest first, within these dates" as one index range; `patient` and `date`
 use `audit_log`'s (patient_id, recorded) and (resource_type, recorded) indexes. Results are
 newest first (`_sort=-date`), paged by a keyset cursor (recorded, seq).
@@ -22,7 +22,7 @@ from gateway.domain.errors import InvalidInput
 from gateway.persistence.tables import audit_index, audit_log
 
 TOKEN_PARAMS = {
-    "AuditEvent": ("agent", "entity", "type", "subtype", "action", "address", "model"),
+    "AuditEvent": ("agent", "entity", "type", "subtype", "address", "model"),
     "Provenance": ("agent", "entity", "target", "address"),
 }
 MAX_COUNT = 1000

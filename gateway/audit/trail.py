@@ -39,6 +39,7 @@ from gateway.pipeline import PipelineEvent
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
 AUDITED_TYPES = frozenset({"AuditEvent", "Provenance"})
+GATEWAY_DEVICE = "Device/hitl-gateway"
 # R4 Provenance has no patient element; the patient a record is about is kept in the hashed
 # resource through this extension so the patient column can be verified like AuditEvent's.
 PATIENT_EXTENSION = "http://hitl-gateway.org/fhir/StructureDefinition/audit-patient"
@@ -185,24 +186,28 @@ def index_entries(resource_type: str, document: dict[str, Any]) -> list[tuple[st
                 found.add((param, value.split("/_history/")[0][:255]))
 
     for agent in document.get("agent", ()):
-        reference("agent", agent.get("who"))
+        # The gateway's own Device is an agent of nearly every record: indexing it finds nothing.
+        if agent.get("who", {}).get("reference") != GATEWAY_DEVICE:
+            reference("agent", agent.get("who"))
         address = agent.get("network", {}).get("address")
         if address:
             found.add(("address", str(address)[:255]))
     for entity in document.get("entity", ()):
-        reference("entity", entity.get("what"))
+        # Patients are searched through the indexed patient column.
+        if not str(entity.get("what", {}).get("reference", "")).startswith("Patient/"):
+            reference("entity", entity.get("what"))
     if resource_type == "AuditEvent":
         found.add(("type", str(document.get("type", {}).get("code", ""))))
         for coding in document.get("subtype", ()):
             found.add(("subtype", str(coding.get("code", ""))))
-        if document.get("action"):
-            found.add(("action", str(document["action"])))
         details = {
             str(d.get("type")): str(d.get("valueString", ""))
             for entity in document.get("entity", ())
             for d in entity.get("detail", ())
         }
-        if details.get("model-name") and details.get("model-version"):
+        # Governance records of a model version (registration, approvals, gate, promotion).
+        governance = details.get("pipeline-event", "").startswith("model-")
+        if governance and details.get("model-name") and details.get("model-version"):
             found.add(("model", f"{details['model-name']}:{details['model-version']}"[:255]))
     else:
         for target in document.get("target", ()):

@@ -24,6 +24,9 @@ from sqlalchemy import Connection, Engine, select
 import scoring  # noqa: F401  (telemetry off before MLflow loads)
 from fhir_mapping.audit_event import DETAIL_EVENT, details_of
 from gateway.assembly import StudyAssembler
+from gateway.audit.checkpoint import create_checkpoint
+from gateway.audit.retention import place_hold, release_hold
+from gateway.audit.signing import AuditKeyring
 from gateway.audit.trail import search
 from gateway.audit.verify import verify_chain
 from gateway.auth.issuer import mint_token
@@ -54,6 +57,7 @@ from gateway.settings import (
 from gateway.spool import Spool
 from gateway.transfer_audit import TransferTally, audit_transfer
 from scoring.phantoms import write_cxr_file
+from tests.integration.fhir_api.validator import validate_resources
 from tests.unit.fhir.samples import decision_body
 
 pytestmark = pytest.mark.integration
@@ -321,6 +325,22 @@ async def test_every_pipeline_event_is_audited_in_a_full_run(run: Run) -> None:
     _sla_and_committee(run)
     await _http_refusals(run)
     await asyncio.to_thread(_governance, run)
+    _trail_upkeep(run)
     missing = sorted(e.value for e in Event if e.value not in _kinds(run.engine))
     assert missing == [], f"pipeline events without an audit record: {missing}"
-    assert verify_chain(run.engine).ok
+    assert verify_chain(run.engine, public_keys=_keyring(run).public_jwks()).ok
+    with run.engine.connect() as conn:
+        records = search(conn, "AuditEvent", limit=100_000) + search(conn, "Provenance", limit=1000)
+    invalid = [r for r in validate_resources(records) if r["errors"] or r["bindingErrors"]]
+    assert invalid == [], invalid  # the independent R4 validator accepts every record
+
+
+def _keyring(run: Run) -> AuditKeyring:
+    return AuditKeyring(run.tmp / "keys" / "audit")
+
+
+def _trail_upkeep(run: Run) -> None:
+    with run.engine.begin() as conn:
+        create_checkpoint(conn, _keyring(run), "manual")
+    hold = place_hold(run.engine, actor=REVIEWER, reason="inquiry 7", patient_id="P1")
+    release_hold(run.engine, hold.id, actor=REVIEWER)

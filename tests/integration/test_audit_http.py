@@ -23,6 +23,7 @@ from gateway.persistence.tables import audit_log, studies
 from gateway.review_service import ReviewService
 from gateway.reviewer_credentials import grant
 from gateway.settings import HttpSettings, Settings, StorageSettings
+from tests.integration.fhir_api.validator import validate_resources
 from tests.unit.fhir.samples import STUDY_UID, gateway_engine, score, study
 
 pytestmark = pytest.mark.integration
@@ -230,3 +231,15 @@ async def test_bulk_export_since_and_masking_for_auditors_without_phi(gw: Gatewa
     body = await (await gw.client.get(url, headers=auditor)).text()
     assert body
     assert "Patient/pat-1" not in body
+
+
+async def test_every_rest_audit_record_validates_independently(gw: Gateway) -> None:
+    auditor = gw.auth("auditor-phi", "Practitioner/aud-1", **{"X-Request-Id": "v-1"})
+    assert (await gw.client.get(f"/fhir/Task/{gw.task_id}", headers=auditor)).status == 200
+    assert (await gw.client.get("/fhir/Task?status=requested", headers=auditor)).status == 200
+    assert (await gw.client.get("/fhir/Task/unknown", headers=auditor)).status == 404
+    events = _rest(gw.audit_events())
+    assert {e["action"] for e in events} == {"R", "E"}
+    assert any(e["outcome"] == "4" for e in events)
+    invalid = [r for r in validate_resources(events) if r["errors"] or r["bindingErrors"]]
+    assert invalid == []

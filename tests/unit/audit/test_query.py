@@ -83,7 +83,7 @@ def test_agent_target_entity_type_and_address(seeded: Engine) -> None:
         "Task/t-17/_history/2",
         "Task/t-15/_history/2",
     ]
-    scored = AuditQuery("AuditEvent", tokens={"type": "110100", "model": "cxr-ptx:7"})
+    scored = AuditQuery("AuditEvent", tokens={"type": "110100"})
     with seeded.connect() as conn:
         assert len(search_records(conn, scored).resources) == 1
 
