@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import Connection, and_, func, select
 
+from gateway.auth.tokens import Principal
 from gateway.domain.errors import InvalidInput
+from gateway.fhir_api.core import InteractionRecord
 from gateway.listeners.dicomweb_common import PREFIX, base_url, dicom_json_response, error_response
-from gateway.listeners.http import ENGINE, authenticate
+from gateway.listeners.http import ENGINE, INTERACTION_HOOKS, REQUEST_ID, authenticate
 from gateway.persistence.tables import instance_attributes as ia
 from gateway.persistence.tables import instances
 from gateway.qido import parse_query, result, search
@@ -45,11 +48,41 @@ def _base(request: web.Request) -> str:
     return base_url(request) + PREFIX
 
 
+async def _audit(
+    request: web.Request,
+    principal: Principal,
+    interaction: str,
+    status: int,
+    rows: list[Any],
+) -> None:
+    """Reads of patient data are audited as the FHIR interactions are (IHE BALP), per patient."""
+    studies = sorted({str(_get(r, "study_instance_uid")) for r in rows})
+    record = InteractionRecord(
+        interaction=interaction,
+        resource_type="ImagingStudy",
+        method=request.method,
+        path=request.path,
+        status=status,
+        references=tuple(f"ImagingStudy/{uid}" for uid in studies[:50]),
+        patients=tuple(sorted({str(_get(r, "patient_id")) for r in rows} - {"", "None"})),
+        query=request.query_string,
+        principal=principal,
+        request_id=request.get(REQUEST_ID, ""),
+        remote=request.remote or "",
+        occurred_at=datetime.now(UTC),
+    )
+    await asyncio.to_thread(request.app[INTERACTION_HOOKS].notify, record)
+
+
+def _get(row: Any, key: str) -> Any:
+    return row[key] if isinstance(row, dict) else getattr(row, key, "")
+
+
 def search_handler(level: str) -> Any:
     """A QIDO-RS handler for `level` (study, series or instance)."""
 
     async def handler(request: web.Request) -> web.Response:
-        await authenticate(request, "ImagingStudy", "s")
+        principal = await authenticate(request, "ImagingStudy", "s")
         try:
             query, warnings = parse_query(level, dict(request.query), _scope(request))
         except InvalidInput as exc:
@@ -60,6 +93,7 @@ def search_handler(level: str) -> Any:
                 return search(conn, query)
 
         rows = await asyncio.to_thread(run)
+        await _audit(request, principal, "search-type", 200, rows)
         base = _base(request)
         headers = {"Warning": ", ".join(warnings)} if warnings else {}
         return _json([result(level, r, base) for r in rows], headers=headers)
@@ -105,10 +139,11 @@ async def _rows(request: web.Request, table: Any) -> list[Any]:
 
 async def retrieve_instances(request: web.Request) -> web.StreamResponse:
     """WADO-RS Retrieve Study/Series/Instance (PS3.18 10.4) as multipart/related DICOM."""
-    await authenticate(request, "ImagingStudy", "r")
+    principal = await authenticate(request, "ImagingStudy", "r")
     rows = await _rows(request, instances)
     if not rows:
         return error_response(404, "no such study, series or instance")
+    await _audit(request, principal, "read", 200, await _rows(request, ia))
     boundary = f"wado-{secrets.token_hex(12)}"
     response = web.StreamResponse(
         headers={
@@ -132,10 +167,11 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
 
 async def retrieve_metadata(request: web.Request) -> web.Response:
     """WADO-RS Retrieve Metadata (PS3.18 10.4.1.1.2) in application/dicom+json."""
-    await authenticate(request, "ImagingStudy", "r")
+    principal = await authenticate(request, "ImagingStudy", "r")
     rows = await _rows(request, ia)
     if not rows:
         return error_response(404, "no such study, series or instance")
+    await _audit(request, principal, "read", 200, rows)
     return _json([json.loads(r.dicom_json) for r in rows])
 
 
@@ -154,7 +190,7 @@ def rendered_handler(thumbnail: bool) -> Any:
     """WADO-RS Retrieve Rendered Instance, or its thumbnail (PS3.18 10.4.1.1.3, 10.4.1.1.4)."""
 
     async def handler(request: web.Request) -> web.Response:
-        await authenticate(request, "ImagingStudy", "r")
+        principal = await authenticate(request, "ImagingStudy", "r")
         media_type = _media_type(request)
         if media_type is None:
             return error_response(406, "rendered images are image/jpeg or image/png")
@@ -170,6 +206,7 @@ def rendered_handler(thumbnail: bool) -> Any:
         rows = await _rows(request, instances)
         if not rows:
             return error_response(404, "no such instance")
+        await _audit(request, principal, "read", 200, await _rows(request, ia))
         try:
             image = await asyncio.to_thread(
                 render, Path(rows[0].path), media_type, window, viewport

@@ -68,6 +68,13 @@ async def test_qido_matching_keys_limit_and_offset(gw: Gateway, tmp_path: Path) 
     assert len(series) == 2  # write_dicom puts each instance in its own series
     found = await asyncio.to_thread(client.search_for_instances, first)
     assert sorted(i["00200013"]["Value"][0] for i in found) == [1, 2]
+    # Each search is audited per patient found (IHE BALP), as FHIR searches are.
+    searches = [
+        line
+        for line in gw.audit_text().splitlines()
+        if "/dicomweb/studies" in line and '"search-type"' in line
+    ]
+    assert any("PAT-B" in line for line in searches)
     response = await gw.client.get(
         "/dicomweb/studies",
         params={"NoSuchKey": "1"},

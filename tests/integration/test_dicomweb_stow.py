@@ -28,6 +28,7 @@ from gateway.auth.tokens import TokenValidator
 from gateway.ingest import InstanceRecorder
 from gateway.listeners.dicomweb import register_dicomweb
 from gateway.listeners.http import build_http_app
+from gateway.listeners.rest_audit import attach_audit
 from gateway.persistence.db import make_engine
 from gateway.persistence.tables import audit_log, instances, metadata
 from gateway.review_service import ReviewService
@@ -101,6 +102,7 @@ async def gw(engine: Engine, tmp_path: Path) -> AsyncIterator[Gateway]:
         TokenValidator(settings),
         lambda: {"status": "ready"},
     )
+    attach_audit(app)  # reads and searches are audited as in `serve`
     register_dicomweb(app, InstanceRecorder(engine, spool, settings))
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield Gateway(client, engine, settings, spool)
