@@ -73,6 +73,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     from adapters.worklist.http_peer import read_secret
     from gateway.assembly import StudyAssembler
     from gateway.audit.checkpoint import checkpointer
+    from gateway.audit.configuration import record_configuration
     from gateway.auth.tokens import TokenValidator
     from gateway.ingest import InstanceRecorder
     from gateway.listeners.dicomweb import register_dicomweb
@@ -94,6 +95,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     engine = make_engine(settings.database_url)
     if current_revision(engine) is None:
         raise SystemExit("the database is not migrated: run `hitl-gateway db upgrade` first")
+    record_configuration(engine, settings)  # audited when it differs from the last run's
     worker = worker_identity()
     settings.storage.spool_dir.mkdir(parents=True, exist_ok=True)
 

@@ -205,6 +205,8 @@ def index_entries(resource_type: str, document: dict[str, Any]) -> list[tuple[st
             for entity in document.get("entity", ())
             for d in entity.get("detail", ())
         }
+        if details.get("audit-activity"):
+            found.add(("activity", details["audit-activity"][:255]))
         # Governance records of a model version (registration, approvals, gate, promotion).
         governance = details.get("pipeline-event", "").startswith("model-")
         if governance and details.get("model-name") and details.get("model-version"):
