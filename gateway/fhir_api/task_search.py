@@ -115,12 +115,22 @@ def search_tasks(
     paging = page(request)
     total = conn.execute(select(func.count()).select_from(tasks).where(*where)).scalar_one()
     order = [*sort_keys(request, SORTS)] or [tasks.c.last_updated.desc()]
-    query = (
-        select(tasks.c.resource)
-        .where(*where)
-        .order_by(*order, tasks.c.id)
-        .limit(paging.count)
-        .offset(paging.offset)
+    # Order and page over the narrow columns first, then fetch only the page's documents: sorting
+    # whole rows would drag every matching resource text through the sort.
+    ids = (
+        conn.execute(
+            select(tasks.c.id)
+            .where(*where)
+            .order_by(*order, tasks.c.id)
+            .limit(paging.count)
+            .offset(paging.offset)
+        )
+        .scalars()
+        .all()
     )
-    found = [json.loads(row.resource) for row in conn.execute(query)]
-    return found, int(total)
+    if not ids:
+        return [], int(total)
+    texts = dict(
+        conn.execute(select(tasks.c.id, tasks.c.resource).where(tasks.c.id.in_(ids))).tuples().all()
+    )
+    return [json.loads(texts[i]) for i in ids], int(total)

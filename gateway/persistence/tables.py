@@ -187,7 +187,8 @@ tasks = Table(
     Column("deadline", UtcDateTime(), nullable=True),  # Task.restriction.period.end
     Index("ix_tasks_status", "status"),
     Index("ix_tasks_study", "study_instance_uid", "use_case"),
-    Index("ix_tasks_owner", "owner"),
+    Index("ix_tasks_owner", "owner", "status"),
+    Index("ix_tasks_business_status", "business_status", "last_updated"),
     Index("ix_tasks_patient", "patient_id"),
     Index("ix_tasks_last_updated", "last_updated"),
     Index("ix_tasks_status_deadline", "status", "deadline"),

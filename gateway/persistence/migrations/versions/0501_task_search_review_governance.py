@@ -31,7 +31,8 @@ def upgrade() -> None:
     with op.batch_alter_table("tasks") as batch:
         for name, type_ in _TASK_COLUMNS:
             batch.add_column(sa.Column(name, type_, nullable=True))
-    op.create_index("ix_tasks_owner", "tasks", ["owner"])
+    op.create_index("ix_tasks_owner", "tasks", ["owner", "status"])
+    op.create_index("ix_tasks_business_status", "tasks", ["business_status", "last_updated"])
     op.create_index("ix_tasks_patient", "tasks", ["patient_id"])
     op.create_index("ix_tasks_last_updated", "tasks", ["last_updated"])
     op.create_index("ix_tasks_status_deadline", "tasks", ["status", "deadline"])
@@ -81,7 +82,7 @@ def downgrade() -> None:
     op.drop_table("safety_decisions")
     op.drop_table("reviewer_credentials")
     for name in ("ix_tasks_status_deadline", "ix_tasks_last_updated", "ix_tasks_patient",
-                 "ix_tasks_owner"):  # fmt: skip
+                 "ix_tasks_business_status", "ix_tasks_owner"):  # fmt: skip
         op.drop_index(name, table_name="tasks")
     with op.batch_alter_table("tasks") as batch:
         for name, _ in reversed(_TASK_COLUMNS):
