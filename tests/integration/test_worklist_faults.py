@@ -264,8 +264,10 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str, gw: GatewayP
         time.sleep(0.05)
 
 
-def test_sigkill_after_the_commit_delivers_once_after_restart(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+def test_sigkill_after_the_commit_delivers_once_after_restart(
+    tmp_path: Path, database_url: str
+) -> None:
+    url = database_url
     ris_port = free_port()
     gw = GatewayProcess(
         tmp_path / "data",
