@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from gateway.domain.priority import PRIORITY_TABLE, Priority
 from gateway.outbox import DELIVERED, list_rows
@@ -35,6 +36,11 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str, gw: GatewayP
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}\n{gw.log()[-4000:]}")
         time.sleep(0.05)
+
+
+def _all_delivered(engine: Engine, count: int) -> bool:
+    rows = list_rows(engine)
+    return len(rows) == count and all(r.state == DELIVERED for r in rows)
 
 
 def test_one_approval_reaches_every_configured_destination(tmp_path: Path) -> None:
@@ -91,9 +97,8 @@ def test_one_approval_reaches_every_configured_destination(tmp_path: Path) -> No
             If_Match=headers["ETag"],
         )
         assert status == 200
-        rows = lambda: list_rows(engine)  # noqa: E731
         _wait(
-            lambda: len(rows()) == 4 and all(r.state == DELIVERED for r in rows()),
+            lambda: _all_delivered(engine, 4),
             30,
             "four deliveries",
             gw,
