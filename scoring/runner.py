@@ -112,7 +112,18 @@ class OnnxStudyScorer:
         return self._model_name
 
     def score(self, instance_paths: Sequence[str]) -> ModelOutput:
-        """Score the study's first instance with the current production version."""
+        """Score the study with the current production version (and feed drift monitoring)."""
+        output, input_mean = self.score_with_statistic(instance_paths)
+        self.observe(output, input_mean)
+        return output
+
+    def observe(self, output: ModelOutput, input_mean: float) -> None:
+        """Record a scored study for drift monitoring."""
+        if self._monitor is not None:
+            self._monitor.observe(output.model, output.score, input_mean)
+
+    def score_with_statistic(self, instance_paths: Sequence[str]) -> tuple[ModelOutput, float]:
+        """The study's score and the mean of the model input (the drift input statistic)."""
         loaded = self._current()
         contract = loaded.model.contract
         try:
@@ -137,14 +148,13 @@ class OnnxStudyScorer:
                 f"scoring with {loaded.model.name} v{loaded.model.version} failed: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        if self._monitor is not None:
-            self._monitor.observe(loaded.model.identity(), score, float(tensor.mean()))
-        return ModelOutput(
+        output = ModelOutput(
             score=score,
             model=loaded.model.identity(),
             input_hash=tensor_hash(tensor),
             label=contract.label,
         )
+        return output, float(tensor.mean())
 
     def describe(self) -> dict[str, str]:
         """Readiness facts: the served version and its SHA-256, or why nothing is served."""

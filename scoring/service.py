@@ -17,7 +17,9 @@ from sqlalchemy import Engine
 from gateway.audit.trail import record_event
 from gateway.domain.model import Actor, ModelIdentity
 from gateway.pipeline import Event, PipelineEvent
+from gateway.ports import StudyScorer
 from gateway.settings import Settings
+from scoring.isolation import IsolatedScorer, ScorerSpec
 from scoring.monitoring import DriftMonitor
 from scoring.registry import ModelRegistry
 from scoring.routing import route_study
@@ -60,9 +62,40 @@ class ScoringService:
             )
             for use_case, name in use_case_models(settings).items()
         }
+        self._isolated: dict[str, IsolatedScorer] = {}
+        if settings.scoring.process_isolation:
+            # A little before the scoring step's own timeout, so the child is killed and the
+            # step's thread returns instead of being abandoned.
+            deadline = max(0.1, settings.scoring.timeout_seconds * 0.9)
+            self._isolated = {
+                use_case: IsolatedScorer(
+                    ScorerSpec(
+                        settings.mlflow_tracking_uri,
+                        name,
+                        self._alias,
+                        settings.mlflow.poll_seconds,
+                    ),
+                    self.scorers[use_case],
+                    workers=settings.scoring.workers,
+                    deadline_seconds=deadline,
+                )
+                for use_case, name in use_case_models(settings).items()
+            }
         if metrics is not None:
             self.attach_metrics(metrics)
         self.route = route_study
+
+    @property
+    def step_scorers(self) -> dict[str, StudyScorer]:
+        """The scorers the scoring step calls: isolated in child processes when configured."""
+        if self._isolated:
+            return dict(self._isolated)
+        return dict(self.scorers)
+
+    def close(self) -> None:
+        """Stop the inference child processes."""
+        for isolated in self._isolated.values():
+            isolated.close()
 
     def attach_metrics(self, metrics: Any) -> None:
         """Count alias changes and expose the served version per use case."""
@@ -159,6 +192,8 @@ class ScoringService:
         facts: dict[str, Any] = {"status": "ok" if healthy else "degraded", "use_cases": use_cases}
         if pool is not None:
             facts["workers"] = dict(pool)
+        if self._isolated:
+            facts["worker_processes"] = {u: s.health() for u, s in self._isolated.items()}
         return facts
 
     async def watch(self, stop: Any, interval: float) -> None:
