@@ -345,6 +345,14 @@ class MlflowSettings:
         metadata=_doc("Registered model served for chest X-ray triage (alias 'production')."),
     )
     alias: str = field(default="production", metadata=_doc("Registry alias that is served."))
+    ct_model_name: str = field(
+        default="ct-haemorrhage",
+        metadata=_doc("Registered model served for non-contrast head CT haemorrhage triage."),
+    )
+    poll_seconds: float = field(
+        default=30.0,
+        metadata=_doc("How often the served alias is re-resolved (promotion without restart), s."),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +364,24 @@ class ScoringSettings:
         metadata=_doc("Per-study scoring timeout; past it the study gets standard triage."),
     )
     workers: int = field(default=1, metadata=_doc("Inference worker threads."))
+    process_isolation: bool = field(
+        default=True,
+        metadata=_doc(
+            "Run inference in child processes that are killed at the timeout (a hung model "
+            "cannot wedge a worker); off: threads in the gateway process."
+        ),
+    )
+    drift_psi_level: float = field(
+        default=0.2,
+        metadata=_doc("Population stability index at which a served version is flagged."),
+    )
+    drift_window: int = field(
+        default=500, metadata=_doc("Recent studies per model version compared for drift.")
+    )
+    drift_min_samples: int = field(
+        default=300,
+        metadata=_doc("Studies needed before drift is computed (fewer: PSI is mostly noise)."),
+    )
 
 
 @dataclass(frozen=True, slots=True)
