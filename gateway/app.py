@@ -114,8 +114,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         engine=engine,
         settings=settings,
         assembler=assembler,
-        scorer=scoring.scorers["cxr-pneumothorax"],
-        scorers=scoring.scorers,
+        scorer=scoring.step_scorers["cxr-pneumothorax"],
+        scorers=scoring.step_scorers,
         router=scoring.route,
         write_review_task=review.create_review_task,
         encounters=encounters,
@@ -173,6 +173,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         stack.callback(dimse.stop)
         workers.append(asyncio.create_task(_reap_spool(engine, settings), name="spool-reaper"))
         stack.callback(step.close)
+        stack.callback(scoring.close)
         workers.append(asyncio.create_task(step.run_forever(stop), name="scoring"))
         workers.append(
             asyncio.create_task(
