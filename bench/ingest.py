@@ -55,6 +55,7 @@ class Row:
     seconds: float
     cpu_seconds: float
     peak_rss_mb: float
+    peak_own_rss_mb: float
 
     @property
     def per_second(self) -> float:
@@ -215,6 +216,7 @@ def measure(
         seconds,
         meter.cpu_seconds,
         meter.peak_rss / 2**20,
+        meter.peak_own_rss / 2**20,
     )
 
 
@@ -222,8 +224,9 @@ def _median(rows: list[Row]) -> Row:
     pick = sorted(rows, key=lambda r: r.seconds)[len(rows) // 2]
     cpu = statistics.median(r.cpu_seconds for r in rows)
     rss = max(r.peak_rss_mb for r in rows)
+    own = max(r.peak_own_rss_mb for r in rows)
     return Row(pick.data, pick.transport, pick.receiver, pick.instances, pick.megabytes,
-               pick.seconds, cpu, rss)  # fmt: skip
+               pick.seconds, cpu, rss, own)  # fmt: skip
 
 
 def table(rows: list[Row]) -> str:
@@ -231,8 +234,9 @@ def table(rows: list[Row]) -> str:
     by_key = {(r.data, r.transport, r.receiver): r for r in rows}
     lines = [
         "| data | transport | receiver | inst/s | MB/s | CPU s | CPU s/GB | peak RSS MB "
+        "| of which receiving process "
         "| x Orthanc | x storescp |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         ratios = []
@@ -243,7 +247,7 @@ def table(rows: list[Row]) -> str:
         lines.append(
             f"| {r.data} | {r.transport} | {r.receiver} | {r.per_second:.1f} | "
             f"{r.mb_per_second:.0f} | {r.cpu_seconds:.2f} | {r.cpu_per_gb:.1f} | "
-            f"{r.peak_rss_mb:.0f} | {ratios[0]} | {ratios[1]} |"
+            f"{r.peak_rss_mb:.0f} | {r.peak_own_rss_mb:.0f} | {ratios[0]} | {ratios[1]} |"
         )
     return "\n".join(lines)
 

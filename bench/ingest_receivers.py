@@ -78,7 +78,8 @@ class TreeMeter:
     def __init__(self, pid: int, interval: float = 0.02) -> None:
         self.pid = pid
         self.interval = interval
-        self.peak_rss = 0
+        self.peak_rss = 0  # the process and its children (storescp forks one per association)
+        self.peak_own_rss = 0  # the receiving process alone
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._cpu_start = 0.0
@@ -93,8 +94,9 @@ class TreeMeter:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            pids = [self.pid, *_children(self.pid)]
-            self.peak_rss = max(self.peak_rss, sum(_rss(p) for p in pids))
+            own = _rss(self.pid)
+            self.peak_own_rss = max(self.peak_own_rss, own)
+            self.peak_rss = max(self.peak_rss, own + sum(_rss(p) for p in _children(self.pid)))
 
     def __enter__(self) -> TreeMeter:
         self._cpu_start = _cpu_seconds(self.pid, with_reaped=True)

@@ -27,6 +27,8 @@ from gateway.transfer_audit import TransferTally, audit_transfer
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+# Parts recorded concurrently within one request.
+PARTS_IN_FLIGHT = 4
 STOW_SENDER = "STOW-RS"
 
 
@@ -85,24 +87,46 @@ class StowRequest:
         self.results: list[PartResult] = []
 
     async def consume(self, request: web.Request) -> None:
-        """Read every part; raises TooLarge or ValueError (malformed multipart)."""
-        reader = await request.multipart()
-        while True:
-            part = await reader.next()
-            if part is None:
-                return
-            if not isinstance(part, BodyPartReader):
-                raise ValueError("nested multipart bodies are not accepted")
-            media = parse_mimetype(part.headers.get("Content-Type", "application/dicom"))
-            if (media.type, media.subtype) != ("application", "dicom"):
-                await part.release()
-                self.results.append(PartResult("", "", FailureReason.CANNOT_UNDERSTAND))
-                continue
-            path = await self._receive(part)
-            try:
-                self.results.append(await asyncio.to_thread(self._store, path, request.remote))
-            finally:
-                path.unlink(missing_ok=True)
+        """Read every part; raises TooLarge or ValueError (malformed multipart).
+
+        Each part is recorded in a worker thread while the next one is read, up to
+        PARTS_IN_FLIGHT at once, so the disk and database waits of one instance overlap the
+        receipt of the next; the results keep the order of the parts.
+        """
+        slots = asyncio.Semaphore(PARTS_IN_FLIGHT)
+        ordered: list[PartResult | asyncio.Task[PartResult]] = []
+        try:
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    return
+                if not isinstance(part, BodyPartReader):
+                    raise ValueError("nested multipart bodies are not accepted")
+                media = parse_mimetype(part.headers.get("Content-Type", "application/dicom"))
+                if (media.type, media.subtype) != ("application", "dicom"):
+                    await part.release()
+                    ordered.append(PartResult("", "", FailureReason.CANNOT_UNDERSTAND))
+                    continue
+                path = await self._receive(part)
+                await slots.acquire()
+                ordered.append(asyncio.create_task(self._record(path, request.remote, slots)))
+        finally:
+            # Whatever ended the request, every part already received is recorded and reported.
+            for item in ordered:
+                self.results.append(await item if isinstance(item, asyncio.Task) else item)
+
+    async def _record(self, path: Path, peer: str | None, slots: asyncio.Semaphore) -> PartResult:
+        try:
+            return await asyncio.to_thread(self._store_and_discard, path, peer)
+        finally:
+            slots.release()
+
+    def _store_and_discard(self, path: Path, peer: str | None) -> PartResult:
+        try:
+            return self._store(path, peer)
+        finally:
+            path.unlink(missing_ok=True)
 
     async def _receive(self, part: BodyPartReader) -> Path:
         self._incoming.mkdir(parents=True, exist_ok=True)
