@@ -91,9 +91,11 @@ def _load(engine: Engine, rows: list[dict[str, Any]]) -> float:
     with engine.begin() as conn:
         for chunk in range(0, len(rows), 5000):
             conn.execute(insert(tasks), rows[chunk : chunk + 5000])
-    if engine.dialect.name == "postgresql":
-        with engine.begin() as conn:
-            conn.execute(text("ANALYZE tasks"))
+    # What autovacuum (PostgreSQL) would have done by then: statistics and the visibility map.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(
+            text("VACUUM ANALYZE tasks" if engine.dialect.name == "postgresql" else "ANALYZE")
+        )
     return time.perf_counter() - began
 
 

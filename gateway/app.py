@@ -87,6 +87,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     from gateway.persistence.migrate import current_revision
     from gateway.review_service import ReviewService
     from gateway.review_sla import run_sweeper
+    from gateway.subscriptions import SubscriptionNotifier
     from gateway.scoring_step import ScoringStep
     from gateway.spool import Spool
     from scoring.service import ScoringService
@@ -186,6 +187,11 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         )
         workers.append(
             asyncio.create_task(run_sweeper(engine, settings, stop), name="review-sla")
+        )
+        workers.append(
+            asyncio.create_task(
+                SubscriptionNotifier(engine, settings).run_forever(stop), name="subscriptions"
+            )
         )
         log.info(
             "hitl-gateway ready: DICOM %s@%s:%d, HTTP %s:%d, database %s",

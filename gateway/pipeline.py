@@ -48,6 +48,8 @@ class Event(enum.StrEnum):
     REVIEWER_CREDENTIALED = "reviewer-credentialed"
     SAFETY_DECISION_RECORDED = "safety-decision-recorded"
     AUTHORIZATION_FAILED = "authorization-failed"
+    SUBSCRIPTION_CHANGED = "subscription-changed"
+    NOTIFICATION_ATTEMPTED = "notification-attempted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +270,20 @@ PIPELINE: dict[Event, Stage] = {
             "gateway.listeners.http",
             "none: 403 answered",
             (DCM, "110113", "Security Alert"),
+            "E",
+        ),
+        Stage(
+            Event.SUBSCRIPTION_CHANGED,
+            "gateway.subscriptions",
+            "notifier: handshake, then notify matching review Task events",
+            (REST, "rest", "RESTful Operation"),
+            "U",
+        ),
+        Stage(
+            Event.NOTIFICATION_ATTEMPTED,
+            "gateway.subscriptions",
+            "subscriber: fetch the Tasks named in the id-only notification",
+            (DCM, "110106", "Export"),
             "E",
         ),
     )

@@ -207,6 +207,12 @@ class ReviewSettings:
     sweep_seconds: float = field(
         default=30.0, metadata=_doc("How often overdue review Tasks are looked for, in seconds.")
     )
+    notification_batch_seconds: float = field(
+        default=5.0,
+        metadata=_doc(
+            "Subscription notifications: events of this window are sent in one Bundle (seconds)."
+        ),
+    )
     auto_escalate_threshold: float = field(
         default=0.99,
         metadata=_doc(

@@ -39,9 +39,11 @@ ROLES: tuple[str, ...] = (
 # SMART App Launch v2 scopes (`cruds` grammar) each role gets unless others are asked for.
 DEFAULT_SCOPES: Mapping[str, str] = {
     "reviewer": "openid fhirUser user/Task.crus user/Provenance.rs user/ImagingStudy.rs "
-    "user/Observation.rs user/Device.rs user/CodeSystem.rs user/ValueSet.rs",
+    "user/Observation.rs user/Device.rs user/CodeSystem.rs user/ValueSet.rs "
+    "user/Subscription.cruds",
     "secondary-reviewer": "openid fhirUser user/Task.rus user/Provenance.rs user/ImagingStudy.rs "
-    "user/Observation.rs user/Device.rs user/CodeSystem.rs user/ValueSet.rs",
+    "user/Observation.rs user/Device.rs user/CodeSystem.rs user/ValueSet.rs "
+    "user/Subscription.cruds",
     "auditor": "openid fhirUser user/Provenance.rs user/AuditEvent.rs",
     "auditor-phi": "openid fhirUser user/Provenance.rs user/AuditEvent.rs user/Task.rs",
     "model-approver": "openid fhirUser user/Device.rs",

@@ -11,6 +11,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhir_mapping.r4 import FHIR_VERSION
+from fhir_mapping.subscriptions import (
+    SERVER_CAPABILITY,
+    SUBSCRIPTION_PROFILE,
+    TOPIC,
+    TOPIC_CANONICAL_EXT,
+)
 from fhir_mapping.task import fhir_instant
 from gateway.fhir_api.core import Route
 from gateway.settings import Settings
@@ -49,6 +55,9 @@ def _resource(resource_type: str, routes: Sequence[Route], base: str) -> dict[st
         entry["searchParam"] = params
     if resource_type == "Task":
         entry["searchRevInclude"] = ["Provenance:target"]
+    if resource_type == "Subscription":
+        entry["supportedProfile"] = [SUBSCRIPTION_PROFILE]
+        entry["extension"] = [{"url": TOPIC_CANONICAL_EXT, "valueCanonical": TOPIC}]
     operations = [
         {
             "name": r.operation,
@@ -77,6 +86,7 @@ def capability_statement(settings: Settings, routes: Sequence[Route]) -> dict[st
         "date": fhir_instant(datetime.now(UTC)),
         "publisher": "hitl-gateway",
         "kind": "instance",
+        "instantiates": [SERVER_CAPABILITY],
         "software": {"name": "hitl-gateway"},
         "implementation": {"description": "hitl-gateway FHIR R4 endpoint", "url": base},
         "fhirVersion": FHIR_VERSION,

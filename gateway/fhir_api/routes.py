@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from gateway.fhir_api import audit_handlers as audit
 from gateway.fhir_api import imaging_handlers as imaging
+from gateway.fhir_api import subscription_handlers as subscription
 from gateway.fhir_api import task_handlers as task
 from gateway.fhir_api import terminology_handlers as terminology
 from gateway.fhir_api.core import Route
@@ -45,6 +46,17 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/ValueSet", "ValueSet", "search-type", "s", terminology.search_value_set,
           terminology.TERMINOLOGY_SEARCH_PARAMS),
     Route("GET", "/ValueSet/{id}", "ValueSet", "read", "r", terminology.read_value_set),
+    Route("GET", "/Subscription", "Subscription", "search-type", "s",
+          subscription.search_subscription, subscription.SUBSCRIPTION_SEARCH_PARAMS),
+    Route("POST", "/Subscription", "Subscription", "create", "c",
+          subscription.create_subscription),
+    Route("GET", "/Subscription/{id}", "Subscription", "read", "r",
+          subscription.read_subscription),
+    Route("DELETE", "/Subscription/{id}", "Subscription", "delete", "d",
+          subscription.delete_subscription),
+    Route("GET", "/Subscription/{id}/$status", "Subscription", "operation", "r",
+          subscription.status_subscription, operation="status",
+          documentation="Current status of a subscription (backport-subscription-status-r4)."),
 )  # fmt: skip
 
 # Types whose records are append-only: every write interaction is refused with 405.

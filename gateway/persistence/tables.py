@@ -189,6 +189,8 @@ tasks = Table(
     Index("ix_tasks_study", "study_instance_uid", "use_case"),
     Index("ix_tasks_owner", "owner", "status"),
     Index("ix_tasks_business_status", "business_status", "last_updated"),
+    # Covers the worklist query (status filter, priority/last-updated order) without the documents.
+    Index("ix_tasks_worklist", "status", "priority", "last_updated", "id"),
     Index("ix_tasks_patient", "patient_id"),
     Index("ix_tasks_last_updated", "last_updated"),
     Index("ix_tasks_status_deadline", "status", "deadline"),
@@ -341,6 +343,40 @@ safety_decisions = Table(
     Column("recorded_by", String(128), nullable=False),
     Column("recorded_at", UtcDateTime(), nullable=False),
     Index("ix_safety_decisions_switch", "switch", "scope"),
+)
+
+# FHIR Subscriptions (R4 backport, rest-hook): the subscriptions, their numbered events, and how
+# far the notifier has read the audit trail (the event source).
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),  # requested | active | error | off
+    Column("request", Text, nullable=False),  # the validated SubscriptionRequest, JSON
+    Column("created_by", String(128), nullable=False),
+    Column("events_since_start", BigInteger, nullable=False, default=0),
+    Column("error", Text, nullable=False, default=""),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_sent_at", UtcDateTime(), nullable=True),
+)
+
+subscription_events = Table(
+    "subscription_events",
+    metadata,
+    Column("subscription_id", String(64), primary_key=True),
+    Column("event_number", BigInteger, primary_key=True),
+    Column("focus", String(128), nullable=False),
+    Column("topic_event", String(16), nullable=False),  # created | completed
+    Column("occurred_at", UtcDateTime(), nullable=False),
+    Column("sent_at", UtcDateTime(), nullable=True),
+    Index("ix_subscription_events_unsent", "subscription_id", "sent_at"),
+)
+
+subscription_cursor = Table(
+    "subscription_cursor",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("audit_seq", BigInteger, nullable=False),
 )
 
 # Derived search index over audit_log (FHIR search of Provenance and AuditEvent); rebuilt from the

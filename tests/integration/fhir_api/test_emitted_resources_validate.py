@@ -3,10 +3,12 @@ definitions with zero errors (@medplum/core) and no required-binding errors (FHI
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from fhir_mapping import subscriptions as sub
 from tests.integration.fhir_api.conftest import FHIR_JSON, FhirGateway
 from tests.integration.fhir_api.validator import validate_resources
 from tests.unit.fhir.samples import STUDY_UID, decision_body, score, study
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 EMITTED = {
     "Task", "Provenance", "AuditEvent", "ImagingStudy", "Observation", "Device", "CodeSystem",
-    "ValueSet", "CapabilityStatement", "OperationOutcome", "Bundle",
+    "ValueSet", "CapabilityStatement", "OperationOutcome", "Bundle", "Subscription", "Parameters",
 }  # fmt: skip
 
 
@@ -45,6 +47,27 @@ async def _exercise(fhir: FhirGateway) -> list[dict[str, Any]]:
         document = await fhir.get(path, admin)
         emitted.append(document)
         emitted.extend(e["resource"] for e in document.get("entry", []))
+    body = {
+        "resourceType": "Subscription", "meta": {"profile": [sub.SUBSCRIPTION_PROFILE]},
+        "status": "requested", "reason": "worklist", "criteria": sub.TOPIC,
+        "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook",
+                    "payload": sub.PAYLOAD_TYPE},
+        "_criteria": {"extension": [{"url": sub.FILTER_CRITERIA,
+                                     "valueString": "Task?owner=Practitioner/dr-1"}]},
+    }  # fmt: skip
+    created = await fhir.client.post("/fhir/Subscription", json=body, headers=fhir.auth())
+    subscription = await created.json(content_type=FHIR_JSON)
+    emitted.append(subscription)
+    emitted.append(await fhir.get(f"Subscription/{subscription['id']}/$status"))
+    event = sub.NotificationEvent(1, datetime.now(UTC), f"Task/{fhir.task_id}")
+    for kind, events in (("handshake", []), ("heartbeat", []), ("event-notification", [event])):
+        emitted.append(
+            sub.notification_bundle(
+                base="http://127.0.0.1:8080/fhir", subscription_id=subscription["id"],
+                status="active", kind=kind, events_since_start=1, when=datetime.now(UTC),
+                events=events,
+            )
+        )  # fmt: skip
     return emitted
 
 

@@ -17,15 +17,16 @@ pytestmark = pytest.mark.integration
 # What each role may do, per resource type (the SMART letters its default scopes grant).
 ROLE_ACCESS: dict[str, dict[str, str]] = {
     "reviewer": {"Task": "crus", "Provenance": "rs", "ImagingStudy": "rs", "Observation": "rs",
-                 "Device": "rs", "CodeSystem": "rs", "ValueSet": "rs"},
+                 "Device": "rs", "CodeSystem": "rs", "ValueSet": "rs", "Subscription": "cruds"},
     "secondary-reviewer": {"Task": "rus", "Provenance": "rs", "ImagingStudy": "rs",
                            "Observation": "rs", "Device": "rs", "CodeSystem": "rs",
-                           "ValueSet": "rs"},
+                           "ValueSet": "rs", "Subscription": "cruds"},
     "auditor": {"Provenance": "rs", "AuditEvent": "rs"},
     "auditor-phi": {"Provenance": "rs", "AuditEvent": "rs", "Task": "rs"},
     "model-approver": {"Device": "rs"},
     "admin": {t: "cruds" for t in ("Task", "Provenance", "AuditEvent", "ImagingStudy",
-                                    "Observation", "Device", "CodeSystem", "ValueSet")},
+                                    "Observation", "Device", "CodeSystem", "ValueSet",
+                                    "Subscription")},
     "pacs": {"ImagingStudy": "c"},
 }  # fmt: skip
 
@@ -40,6 +41,7 @@ def _path(fhir: FhirGateway, route: Route) -> str:
         "Device": "cxr-pneumothorax-3",
         "CodeSystem": "review-decision",
         "ValueSet": "review-decision",
+        "Subscription": "absent",
     }
     return "/fhir" + route.path.replace("{id}", ids[route.resource_type]).replace("{vid}", "1")
 

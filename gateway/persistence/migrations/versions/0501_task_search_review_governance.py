@@ -1,4 +1,5 @@
-"""Task search columns and SLA deadline, reviewer credentials, safety decisions, audit search index.
+"""Task search columns and SLA deadline, reviewer credentials, safety decisions, audit search index,
+FHIR Subscriptions.
 
 Revision ID: 0501
 Revises: 0001
@@ -33,6 +34,7 @@ def upgrade() -> None:
             batch.add_column(sa.Column(name, type_, nullable=True))
     op.create_index("ix_tasks_owner", "tasks", ["owner", "status"])
     op.create_index("ix_tasks_business_status", "tasks", ["business_status", "last_updated"])
+    op.create_index("ix_tasks_worklist", "tasks", ["status", "priority", "last_updated", "id"])
     op.create_index("ix_tasks_patient", "tasks", ["patient_id"])
     op.create_index("ix_tasks_last_updated", "tasks", ["last_updated"])
     op.create_index("ix_tasks_status_deadline", "tasks", ["status", "deadline"])
@@ -72,17 +74,54 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq", "name", "value", name=op.f("pk_audit_search_index")),
     )
     op.create_index("ix_audit_search_index_value", "audit_search_index", ["name", "value"])
+    op.create_table(
+        "subscriptions",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("request", sa.Text(), nullable=False),
+        sa.Column("created_by", sa.String(length=128), nullable=False),
+        sa.Column("events_since_start", sa.BigInteger(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_subscriptions")),
+    )
+    op.create_table(
+        "subscription_events",
+        sa.Column("subscription_id", sa.String(length=64), nullable=False),
+        sa.Column("event_number", sa.BigInteger(), nullable=False),
+        sa.Column("focus", sa.String(length=128), nullable=False),
+        sa.Column("topic_event", sa.String(length=16), nullable=False),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint(
+            "subscription_id", "event_number", name=op.f("pk_subscription_events")
+        ),
+    )
+    op.create_index(
+        "ix_subscription_events_unsent", "subscription_events", ["subscription_id", "sent_at"]
+    )
+    op.create_table(
+        "subscription_cursor",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("audit_seq", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_subscription_cursor")),
+    )
 
 
 def downgrade() -> None:
     """Revert this revision."""
+    op.drop_table("subscription_cursor")
+    op.drop_index("ix_subscription_events_unsent", table_name="subscription_events")
+    op.drop_table("subscription_events")
+    op.drop_table("subscriptions")
     op.drop_index("ix_audit_search_index_value", table_name="audit_search_index")
     op.drop_table("audit_search_index")
     op.drop_index("ix_safety_decisions_switch", table_name="safety_decisions")
     op.drop_table("safety_decisions")
     op.drop_table("reviewer_credentials")
     for name in ("ix_tasks_status_deadline", "ix_tasks_last_updated", "ix_tasks_patient",
-                 "ix_tasks_business_status", "ix_tasks_owner"):  # fmt: skip
+                 "ix_tasks_business_status", "ix_tasks_worklist", "ix_tasks_owner"):  # fmt: skip
         op.drop_index(name, table_name="tasks")
     with op.batch_alter_table("tasks") as batch:
         for name, _ in reversed(_TASK_COLUMNS):
