@@ -120,6 +120,7 @@ def _record(
         .replace("Practitioner/REVIEWER", f"Practitioner/r{n % REVIEWERS}")
         .replace("Task/TASK", f"Task/t{n // 5}")
         .replace(START.isoformat(), recorded.isoformat())
+        .replace(START.strftime('"%Y-%m-%dT%H:%M:%SZ"'), recorded.strftime('"%Y-%m-%dT%H:%M:%SZ"'))
         .replace('"REQ"', f'"req-{n}"')
     )
     return resource_type, json.loads(body), patient
@@ -194,7 +195,10 @@ def _searches(engine: Engine, total: int, patients: int, queries: int) -> dict[s
         ids = [
             r[0]
             for r in conn.execute(
-                text("SELECT resource_id FROM audit_log TABLESAMPLE SYSTEM (1) LIMIT :n"),
+                text(
+                    "SELECT resource_id FROM audit_log TABLESAMPLE SYSTEM (1)"
+                    " WHERE resource_type = 'AuditEvent' LIMIT :n"
+                ),
                 {"n": queries},
             )
         ]
@@ -211,7 +215,9 @@ def _searches(engine: Engine, total: int, patients: int, queries: int) -> dict[s
                 "Provenance", tokens={"agent": f"Practitioner/r{rng.randrange(REVIEWERS)}"}
             )
             timings["agent"].append(_timed(partial(search_records, conn, agent))[0])
-        by_id = text("SELECT resource FROM audit_log WHERE resource_id = :i")
+        by_id = text(
+            "SELECT resource FROM audit_log WHERE resource_type = 'AuditEvent' AND resource_id = :i"
+        )
         for resource_id in ids or ["none"]:
             timings["reference"].append(_timed(partial(conn.execute, by_id, {"i": resource_id}))[0])
     return timings
