@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, exists, or_, select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.audit.trail import record_event
 from gateway.domain.errors import DeliveryFailed, DeliveryRefused
@@ -164,8 +164,9 @@ class OutboxDispatcher:
             handled = 0
             try:
                 handled = await self.run_once()
-            except OperationalError:
-                # The database is unreachable; rows stay pending or leased and are picked up later.
+            except SQLAlchemyError:
+                # The database is unreachable or refused the settle; rows stay pending or leased
+                # (until the lease runs out) and are picked up by a later pass.
                 log.exception("outbox pass failed; retrying in %g s", self._settings.poll_seconds)
             if handled >= self._batch_size:
                 continue
