@@ -24,10 +24,12 @@ from tests.integration.test_walking_skeleton import (
     _storescu,
     _wait_for,
     _write_study,
+    demo_registry,
 )
 from tests.peers.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
+__all__ = ["demo_registry"]  # the session's demo registry fixture, shared with the skeleton tests
 
 CXR = "cxr-pneumothorax"
 
@@ -133,6 +135,7 @@ def test_promote_rollback_and_tamper_while_the_gateway_runs(tmp_path: Path) -> N
         _wait_for(lambda: _served(gw, CXR) == "1", 30, "version 1 served again", gw)
         third = _send_and_score(gw, tmp_path, 303, 2)
         assert third["model_version"] == "1"
+        _wait_for(lambda: _task_version(gw, reviewer, "PAT303") == "1", 30, "Task v1 again", gw)
 
         # The served file is swapped on disk: refused on the next poll, the study falls back.
         original = (files / "model.onnx").read_bytes()
@@ -156,7 +159,7 @@ def test_promote_rollback_and_tamper_while_the_gateway_runs(tmp_path: Path) -> N
 
 
 def test_head_ct_in_random_order_is_scored_and_a_hand_radiograph_is_unrouted(
-    tmp_path: Path,
+    tmp_path: Path, demo_registry: tuple[str, Path]
 ) -> None:
     from scoring.ct_phantoms import write_ct_series
     from scoring.phantoms import make_cxr_dataset
@@ -164,11 +167,10 @@ def test_head_ct_in_random_order_is_scored_and_a_hand_radiograph_is_unrouted(
     gw = _gateway(
         tmp_path,
         f"sqlite:///{tmp_path}/gw.db",
-        f"sqlite:///{tmp_path}/registry/mlflow.db",
+        demo_registry[0],
         None,
         HITL_GATEWAY_ASSEMBLY__PER_MODALITY="CT=1",
     )
-    gw.cli("demo", "setup")
     gw.start()
     try:
         paths = write_ct_series(tmp_path / "ct", True, seed=5, patient_id="CT5", accession="CT5")
