@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from adapters.worklist.memory import MemoryWorklistUpdater
 from fhir_mapping.audit_event import DETAIL_EVENT, details_of
@@ -393,3 +395,28 @@ async def test_run_forever_delivers_and_stops(engine: Engine) -> None:
     stop.set()
     await asyncio.wait_for(task, timeout=5)
     assert _keys(twin.delivered) == ["k1"]
+
+
+async def test_a_database_error_in_a_pass_does_not_stop_the_dispatcher(engine: Engine) -> None:
+    twin = MemoryWorklistUpdater()
+    settings = replace(SETTINGS, poll_seconds=0.01)
+    dispatcher = OutboxDispatcher(engine, {"hl7": twin}, settings, "w1")
+    real_claim = dispatcher._claim
+    failures = [IntegrityError("UPDATE outbox", {}, Exception("constraint"))]
+
+    def flaky_claim(now: datetime) -> Any:
+        if failures:
+            raise failures.pop()
+        return real_claim(now)
+
+    dispatcher._claim = flaky_claim  # type: ignore[method-assign]
+    _enqueue(engine, "k1")
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run_forever(stop))
+    for _ in range(500):
+        if twin.delivered:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)
+    assert (failures, _keys(twin.delivered)) == ([], ["k1"])
