@@ -107,11 +107,22 @@ class IsolatedScorer:
         self._lock = threading.Lock()
         self._closed = False
         self.killed = 0
+        # The last study's failure, until a study succeeds again: readiness shows it degraded.
+        self.last_failure = ""
         for _ in range(max(1, workers)):
             self._idle.put(_Child(spec, factory))
 
     def score(self, instance_paths: Sequence[str]) -> ModelOutput:
         """Score in a child; ModelUnavailable when it fails, dies or passes the deadline."""
+        try:
+            output = self._score(instance_paths)
+        except ModelUnavailable as exc:
+            self.last_failure = exc.message
+            raise
+        self.last_failure = ""
+        return output
+
+    def _score(self, instance_paths: Sequence[str]) -> ModelOutput:
         try:
             child = self._idle.get(timeout=self._deadline)
         except queue.Empty:
@@ -148,7 +159,12 @@ class IsolatedScorer:
     def health(self) -> dict[str, object]:
         """Worker facts for readiness: children alive and how many were killed."""
         alive = sum(1 for c in list(self._idle.queue) if c.process.is_alive())
-        return {"idle_workers_alive": alive, "killed": self.killed}
+        return {
+            "status": "degraded" if self.last_failure else "ok",
+            "last_failure": self.last_failure,
+            "idle_workers_alive": alive,
+            "killed": self.killed,
+        }
 
     def describe(self) -> dict[str, str]:
         """Readiness facts of the served version (resolved in this process)."""

@@ -128,20 +128,50 @@ def dataset_to_tensor(ds: Dataset, contract: InputContract) -> FloatImage:
     values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
 
     center, width = contract.window_center, contract.window_width
-    if contract.intensity == "window" and center is None:
+    if contract.intensity == "window" and center is None and "VOILUTSequence" in ds:
+        unit = _voi_lut_unit(values, ds)
+    elif contract.intensity == "window" and center is None:
         center = _first_value(ds.get("WindowCenter"))
         width = _first_value(ds.get("WindowWidth"))
-    if contract.intensity == "window" and center is not None and width is not None and width >= 1:
-        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
-        unit = _window(values, center, width, function)
+        unit = _windowed_or_minmax(values, ds, center, width)
     else:
-        unit = _minmax(values)
+        unit = _windowed_or_minmax(
+            values, ds, center, width, use_window=contract.intensity == "window"
+        )
     if photometric == "MONOCHROME1":
         unit = 1.0 - unit
 
     resized = resize(unit, contract.height, contract.width)
     scaled = contract.scale_min + resized * (contract.scale_max - contract.scale_min)
     return np.ascontiguousarray(scaled.reshape(contract.shape), dtype=np.float32)
+
+
+def _windowed_or_minmax(
+    values: npt.NDArray[np.float64],
+    ds: Dataset,
+    center: float | None,
+    width: float | None,
+    *,
+    use_window: bool = True,
+) -> npt.NDArray[np.float64]:
+    if use_window and center is not None and width is not None and width >= 1:
+        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper()
+        return _window(values, center, width, function)
+    return _minmax(values)
+
+
+def _voi_lut_unit(values: npt.NDArray[np.float64], ds: Dataset) -> npt.NDArray[np.float64]:
+    """The first VOI LUT of the VOI LUT Sequence (PS3.3 C.11.2.1.1) scaled to [0, 1].
+
+    The table maps modality values (from the first mapped value on, clamped at both ends) to
+    output values of LUT Descriptor's third value in bits.
+    """
+    from pydicom.pixels.processing import apply_voi
+
+    item = ds.VOILUTSequence[0]
+    bits = int(item.LUTDescriptor[2])
+    mapped = apply_voi(np.rint(values).astype(np.int64), ds, index=0)
+    return np.clip(np.asarray(mapped, dtype=np.float64) / float((1 << bits) - 1), 0.0, 1.0)
 
 
 def _order_key(ds: Dataset) -> tuple[int, str]:

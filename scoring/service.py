@@ -193,7 +193,10 @@ class ScoringService:
         if pool is not None:
             facts["workers"] = dict(pool)
         if self._isolated:
-            facts["worker_processes"] = {u: s.health() for u, s in self._isolated.items()}
+            processes = {u: s.health() for u, s in self._isolated.items()}
+            facts["worker_processes"] = processes
+            if any(p["status"] != "ok" for p in processes.values()):
+                facts["status"] = "degraded"
         return facts
 
     async def watch(self, stop: Any, interval: float) -> None:

@@ -136,3 +136,25 @@ def test_routing_chooses_the_non_contrast_series_and_refuses_others(tmp_path: Pa
     cxr_route = route_study([str(tmp_path / "cxr.dcm")])
     assert cxr_route is not None
     assert cxr_route.use_case == "cxr-pneumothorax"
+
+
+def test_voi_lut_sequence_is_applied_before_the_window(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset
+
+    from scoring.preprocess import resize
+
+    ds = make_cxr_dataset(True, seed=11, patient_id="P", patient_name="N", accession="A")
+    entries = 4096
+    lut = np.rint(65535 * (np.arange(entries) / (entries - 1)) ** 0.5).astype(np.uint16)
+    item = Dataset()
+    item.add_new(0x00283002, "US", [entries, 0, 16])  # LUT Descriptor
+    item.add_new(0x00283006, "US", lut.tolist())  # LUT Data
+    ds.VOILUTSequence = [item]
+    path = tmp_path / "voi-lut.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    stored = make_cxr_dataset(True, seed=11, patient_id="P", patient_name="N", accession="A")
+    expected = resize(lut[stored.pixel_array].astype(np.float64) / 65535, 64, 64)
+    tensor = dataset_to_tensor(dcmread(path), CONTRACT)
+    np.testing.assert_allclose(tensor[0, 0], expected, atol=1e-6)
+    assert tensor_hash(tensor) != tensor_hash(_reference())  # not the linear window

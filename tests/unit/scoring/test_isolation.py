@@ -57,7 +57,9 @@ def test_a_hung_model_is_killed_at_the_deadline_and_replaced(scorer: IsolatedSco
         scorer.score(["hang"])
     assert time.monotonic() - started < 3.0
     assert scorer.killed == 1
+    assert scorer.health()["status"] == "degraded"
     assert scorer.score(["ok"]).score == 0.25  # a fresh worker serves the next study
+    assert scorer.health()["status"] == "ok"
 
 
 def test_a_crashing_model_and_a_raising_model_fall_back(scorer: IsolatedScorer) -> None:
