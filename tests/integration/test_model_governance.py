@@ -194,3 +194,67 @@ def test_head_ct_in_random_order_is_scored_and_a_hand_radiograph_is_unrouted(
         _wait_for(lambda: "study-unrouted" in _audit_kinds(gw), 60, "the unrouted hand study", gw)
     finally:
         gw.stop()
+
+
+def _slow_model(path: Path) -> Path:
+    """A valid classifier far too slow for the timeout (about 40 GMAC per study)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 0.1, (64, 1, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.01, (256, 64, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+            helper.make_node("ReduceMean", ["c2"], ["m"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Sigmoid", ["m"], ["p"]),
+            helper.make_node("Reshape", ["p", "shape"], ["probability"]),
+        ],
+        "slow",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 512, 512])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [1, 1])],
+        initializer=[
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(np.asarray([1, 1], dtype=np.int64), "shape"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_a_model_slower_than_the_timeout_is_killed_and_the_study_falls_back(
+    tmp_path: Path,
+) -> None:
+    from scoring.contract import InputContract
+    from scoring.registry import ModelRegistry
+
+    uri = f"sqlite:///{tmp_path}/registry/mlflow.db"
+    registry = ModelRegistry(uri)
+    contract = InputContract(CXR, "image", 512, 512, "pneumothorax")
+    version = registry.register_onnx(
+        CXR, _slow_model(tmp_path / "slow.onnx"), contract, {"auroc": 0.5}, "slow"
+    )
+    registry.set_alias(CXR, "production", version)
+    gw = _gateway(
+        tmp_path,
+        f"sqlite:///{tmp_path}/gw.db",
+        uri,
+        None,
+        HITL_GATEWAY_SCORING__TIMEOUT_SECONDS="1",
+    )
+    gw.start()
+    try:
+        _wait_for(lambda: _served(gw, CXR) == version, 30, "the slow model served", gw)
+        row = _send_and_score(gw, tmp_path, 401, 0)
+        assert row["outcome"] == "standard-triage"
+        assert "timed out after 0.9 s; inference worker killed" in row["fallback_reason"]
+        _, _, ready = _http("GET", f"{gw.base_url}/readyz")
+        assert ready["status"] == "degraded"
+        processes = ready["model"]["worker_processes"][CXR]
+        assert (processes["killed"], processes["status"]) == (1, "degraded")
+    finally:
+        gw.stop()
+    assert "standard-triage" in _audit_kinds(gw)
