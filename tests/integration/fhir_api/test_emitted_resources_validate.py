@@ -81,6 +81,23 @@ async def test_every_emitted_resource_type_passes_the_independent_validator(
     assert failures == []
 
 
+async def test_task_status_intent_priority_are_in_their_value_sets(fhir: FhirGateway) -> None:
+    tasks = [r for r in await _exercise(fhir) if r["resourceType"] == "Task"]
+    assert len(tasks) >= 4
+    for task in tasks:
+        assert task["status"] in {
+            "draft", "requested", "received", "accepted", "rejected", "ready", "cancelled",
+            "in-progress", "on-hold", "failed", "completed", "entered-in-error",
+        }  # fmt: skip
+        assert task["intent"] in {
+            "unknown", "proposal", "plan", "order", "original-order", "reflex-order",
+            "filler-order", "instance-order", "option",
+        }  # fmt: skip
+        assert task.get("priority", "routine") in {"routine", "urgent", "asap", "stat"}
+        if task["status"] == "completed":
+            assert any(o["type"]["coding"][0]["code"] == "decision" for o in task["output"])
+
+
 def test_the_validator_catches_what_our_models_let_through() -> None:
     bad: list[dict[str, Any]] = [
         {"resourceType": "Task", "id": "a", "status": "approved", "intent": "order"},

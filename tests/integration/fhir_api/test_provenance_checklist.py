@@ -101,3 +101,19 @@ async def test_audit_event_search_by_type_subtype_action_outcome_agent_entity_da
         assert bundle["total"] >= expected if expected else bundle["total"] == 0, query
     event = (await fhir.get("AuditEvent?type=110114", auditor))["entry"][0]["resource"]
     assert (await fhir.get(f"AuditEvent/{event['id']}", auditor))["id"] == event["id"]
+
+
+async def test_ai_asserted_resources_carry_the_aiast_security_label(fhir: FhirGateway) -> None:
+    aiast = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST"}
+
+    def labelled(resource: dict[str, object]) -> bool:
+        meta = resource.get("meta", {})
+        assert isinstance(meta, dict)
+        return any({k: c[k] for k in ("system", "code")} == aiast for c in meta.get("security", []))
+
+    task, _ = await fhir.read_task()
+    assert labelled(task)
+    observation = (await fhir.get("Observation"))["entry"][0]["resource"]
+    assert labelled(observation)
+    ai = (await fhir.get(f"Provenance?agent={MODEL_DEVICE}"))["entry"][0]["resource"]
+    assert labelled(ai)
