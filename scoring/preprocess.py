@@ -193,6 +193,20 @@ def load_cxr_tensor(paths: Sequence[str], contract: InputContract) -> FloatImage
     return dataset_to_tensor(dcmread(select_instance(paths)), contract)
 
 
+def load_radiographs(paths: Sequence[str], contract: InputContract) -> FloatImage:
+    """Every image of the study (ordered by Instance Number, then SOP Instance UID) stacked as
+    [N, 1, H, W]: each is scored and the study takes the highest score."""
+    if not paths:
+        raise ValueError("a study with no instances cannot be scored")
+    headers = [(dcmread(p, stop_before_pixels=True), p) for p in paths]
+    with_pixels = [(ds, p) for ds, p in headers if "Rows" in ds and "Columns" in ds]
+    if not with_pixels:
+        raise ValueError("the study has no image with pixel data")
+    ordered = sorted(with_pixels, key=lambda item: _order_key(item[0]))
+    tensors = [dataset_to_tensor(dcmread(p), contract) for _, p in ordered]
+    return np.ascontiguousarray(np.concatenate(tensors, axis=0), dtype=np.float32)
+
+
 def tensor_hash(tensor: npt.NDArray[np.float32]) -> str:
     """SHA-256 of the tensor bytes (C order, little-endian float32): the recorded input hash."""
     canonical = np.ascontiguousarray(tensor, dtype="<f4")

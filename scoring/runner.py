@@ -25,7 +25,7 @@ from gateway.domain.model import ModelIdentity
 from gateway.ports import ModelOutput
 from scoring.ct import load_ct_volume
 from scoring.monitoring import DriftMonitor
-from scoring.preprocess import load_cxr_tensor, tensor_hash
+from scoring.preprocess import load_radiographs, tensor_hash
 from scoring.registry import ModelRegistry, ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -128,18 +128,19 @@ class OnnxStudyScorer:
         contract = loaded.model.contract
         try:
             if contract.aggregation == "none":
-                tensor = load_cxr_tensor(instance_paths, contract)
-                outputs = loaded.session.run([loaded.output_name], {contract.input_name: tensor})
-                score = _probability(outputs[0], contract.output_transform, contract.output_index)
+                # Projection images: each routed image is scored, the study takes the highest.
+                tensor = load_radiographs(instance_paths, contract)
+                how = "max"
             else:
                 tensor = load_ct_volume(instance_paths, contract)
-                score = _aggregate(
-                    [
-                        _probability(raw, contract.output_transform, contract.output_index)
-                        for raw in _run_slices(loaded, contract.input_name, tensor)
-                    ],
-                    contract.aggregation,
-                )
+                how = contract.aggregation
+            score = _aggregate(
+                [
+                    _probability(raw, contract.output_transform, contract.output_index)
+                    for raw in _run_slices(loaded, contract.input_name, tensor)
+                ],
+                how,
+            )
         except GatewayError:
             raise
         except Exception as exc:

@@ -163,3 +163,18 @@ def test_concurrent_scoring_from_worker_threads(served: ModelRegistry, tmp_path:
     flagged = [o.score >= REVIEW_THRESHOLD for o in outputs]
     assert flagged == [seed % 2 == 0 for seed in range(8)]
     assert {o.model.version for o in outputs} == {"1"}
+
+
+def test_every_image_of_the_study_is_scored_and_the_highest_counts(
+    served: ModelRegistry, tmp_path: Path
+) -> None:
+    from scoring.preprocess import load_radiographs
+
+    negative = _study(tmp_path, False, 21, instance_number=1)
+    positive = _study(tmp_path, True, 22, instance_number=2)
+    scorer = OnnxStudyScorer(served, NAME)
+    both = scorer.score(negative + positive)
+    assert both.score == scorer.score(positive).score
+    assert both.score >= REVIEW_THRESHOLD
+    assert both.input_hash == tensor_hash(load_radiographs(negative + positive, DEMO_CONTRACT))
+    assert both.input_hash != scorer.score(positive).input_hash
