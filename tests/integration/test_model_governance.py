@@ -52,6 +52,15 @@ def _send_and_score(gw: GatewayProcess, tmp: Path, seed: int, index: int) -> dic
     return row
 
 
+def _metrics(gw: GatewayProcess, token: str) -> str:
+    import urllib.request
+
+    request = urllib.request.Request(f"{gw.base_url}/metrics")  # noqa: S310
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        return str(response.read().decode())
+
+
 def _task_version(gw: GatewayProcess, token: str, patient: str) -> str:
     for task in _open_tasks(gw, token):
         facts = task_facts(task)
@@ -129,6 +138,10 @@ def test_promote_rollback_and_tamper_while_the_gateway_runs(tmp_path: Path) -> N
         _wait_for(lambda: _served(gw, CXR) == "3", 30, "version 3 served", gw)
         second = _send_and_score(gw, tmp_path, 302, 1)
         assert second["model_version"] == "3"
+        scraped = _metrics(gw, admin)
+        served_info = f'hitl_model_served_info{{model="{CXR}",use_case="{CXR}",version="3"}} 1'
+        assert served_info in scraped
+        assert f'hitl_model_alias_changes_total{{use_case="{CXR}"}}' in scraped
         _wait_for(lambda: _task_version(gw, reviewer, "PAT302") == "3", 30, "Task v3", gw)
 
         gw.cli("model", "rollback", "--name", CXR, "--token", admin)
