@@ -311,3 +311,30 @@ def test_every_listed_sop_class_and_transfer_syntax_is_accepted(
         }
         assoc.release()
     assert accepted == set(offered)
+
+
+def test_concurrent_associations_are_all_served(
+    start_listener: Callable[..., Listener], tmp_path: Path
+) -> None:
+    gw = start_listener(maximum_associations=4)
+    study = generate_uid()
+    batches = [[write_dicom(tmp_path / f"{a}-{n}.dcm", study) for n in range(5)] for a in range(4)]
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    senders = [
+        subprocess.Popen(
+            ["storescu", "-aet", f"MOD{a}", "-aec", AE_TITLE, HOST, str(gw.port), *map(str, batch)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for a, batch in enumerate(batches)
+    ]
+    outputs = [s.communicate(timeout=60)[0] for s in senders]
+    assert [s.returncode for s in senders] == [0, 0, 0, 0], outputs
+    assert len(gw.rows()) == 20
+
+    def summaries() -> list[dict[str, object]]:
+        return [d for d in gw.audit() if "instances-transferred" in json.dumps(d)]
+
+    _wait(lambda: len(summaries()) == 4)
