@@ -9,6 +9,7 @@ forward only over records that exist.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,21 +22,58 @@ from gateway.audit.trail import (
     AuditTrailError,
     _instant,
     chain_hash,
-    index_rows,
+    index_entries,
+    index_param,
     prepare,
 )
 from gateway.persistence.tables import audit_head, audit_index, audit_log
 
 
-def append_batch(
-    conn: Connection,
+@dataclass(frozen=True, slots=True)
+class StagedRecord:
+    """A record ready to chain: everything but its `seq` and hashes."""
+
+    resource_type: str
+    resource_id: str
+    text: str  # canonical JSON, as it will be hashed and stored
+    patient_id: str
+    recorded: datetime
+    index: tuple[tuple[str, str], ...]
+
+
+def stage(
     items: Sequence[tuple[str, dict[str, Any], str]],
     *,
     validate: bool = True,
-) -> list[AppendedRecord]:
-    """Chain (resource type, resource, patient id) items in order, in the caller's transaction."""
-    prepared = [(*prepare(t, r, p, validate=validate), t) for t, r, p in items]
-    if not prepared:
+) -> list[StagedRecord]:
+    """The CPU-heavy part (validation, canonical JSON, index values), done before any lock.
+
+    `meta.lastUpdated` is the staging time, so a bulk loader can stage the next batch while the
+    previous one is written.
+    """
+    stamp = _instant()
+    staged = []
+    for resource_type, resource, patient in items:
+        document, patient_id, recorded = prepare(
+            resource_type, resource, patient, validate=validate
+        )
+        document["meta"]["lastUpdated"] = stamp
+        staged.append(
+            StagedRecord(
+                resource_type,
+                document["id"],
+                canonical_json(document),
+                patient_id,
+                recorded,
+                tuple(index_entries(resource_type, document)),
+            )
+        )
+    return staged
+
+
+def append_staged(conn: Connection, staged: Sequence[StagedRecord]) -> list[AppendedRecord]:
+    """Chain staged records in order under one head lock, in the caller's transaction."""
+    if not staged:
         return []
     with conn.begin_nested():
         head = conn.execute(
@@ -47,29 +85,34 @@ def append_batch(
         if head is None:
             raise AuditTrailError("audit_head is missing: run the migration or ensure_head()")
         seq, prev_hash = int(head.seq), str(head.hash)
-        stamp = _instant()  # under the lock, so lastUpdated follows seq order across batches
         rows: list[dict[str, Any]] = []
         entries: list[dict[str, Any]] = []
         appended: list[AppendedRecord] = []
-        for document, patient_id, recorded, resource_type in prepared:
+        for record in staged:
             seq += 1
-            document["meta"]["lastUpdated"] = stamp
-            text = canonical_json(document)
-            digest = chain_hash(prev_hash, text)
+            digest = chain_hash(prev_hash, record.text)
             rows.append(
                 {
                     "seq": seq,
-                    "resource_type": resource_type,
-                    "resource_id": document["id"],
-                    "recorded": recorded,
-                    "patient_id": patient_id,
-                    "resource": text,
+                    "resource_type": record.resource_type,
+                    "resource_id": record.resource_id,
+                    "recorded": record.recorded,
+                    "patient_id": record.patient_id,
+                    "resource": record.text,
                     "prev_hash": prev_hash,
                     "hash": digest,
                 }
             )
-            entries += index_rows(seq, resource_type, document, recorded)
-            appended.append(AppendedRecord(seq, digest, resource_type, document["id"]))
+            entries += [
+                {
+                    "param": index_param(record.resource_type, name),
+                    "value": value,
+                    "recorded": record.recorded,
+                    "seq": seq,
+                }
+                for name, value in record.index
+            ]
+            appended.append(AppendedRecord(seq, digest, record.resource_type, record.resource_id))
             prev_hash = digest
         _insert(conn, audit_log, rows)
         if entries:
@@ -78,6 +121,16 @@ def append_batch(
             update(audit_head).where(audit_head.c.id == HEAD_ID).values(seq=seq, hash=prev_hash)
         )
     return appended
+
+
+def append_batch(
+    conn: Connection,
+    items: Sequence[tuple[str, dict[str, Any], str]],
+    *,
+    validate: bool = True,
+) -> list[AppendedRecord]:
+    """Chain (resource type, resource, patient id) items in order, in the caller's transaction."""
+    return append_staged(conn, stage(items, validate=validate))
 
 
 def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:

@@ -311,6 +311,28 @@ def _governance(run: Run) -> None:
     service.record_alias_change("cxr-pneumothorax", None, MODEL, "first load")
 
 
+def _subscriptions(run: Run) -> None:
+    from fhir_mapping import subscriptions as sub
+    from gateway import subscriptions
+
+    channel = {
+        "type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook", "payload": sub.PAYLOAD_TYPE,
+        "_payload": {"extension": [{"url": sub.PAYLOAD_CONTENT, "valueCode": "id-only"}]},
+    }  # fmt: skip
+    body = {
+        "resourceType": "Subscription", "meta": {"profile": [sub.SUBSCRIPTION_PROFILE]},
+        "status": "requested", "reason": "worklist", "criteria": sub.TOPIC, "channel": channel,
+    }  # fmt: skip
+    with run.engine.begin() as conn:
+        subscriptions.create(conn, body, REVIEWER.reference, datetime.now(UTC))
+    # The subscriber's endpoint is a twin that answers 200: the handshake is attempted, audited.
+    notifier = subscriptions.SubscriptionNotifier(
+        run.engine, run.settings, post=lambda _url, _body, _headers, _timeout: 200
+    )
+    notifier.collect()
+    notifier.deliver()
+
+
 def _kinds(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         events = search(conn, "AuditEvent", limit=100_000)
@@ -325,6 +347,7 @@ async def test_every_pipeline_event_is_audited_in_a_full_run(run: Run) -> None:
     _sla_and_committee(run)
     await _http_refusals(run)
     await asyncio.to_thread(_governance, run)
+    _subscriptions(run)
     _trail_upkeep(run)
     missing = sorted(e.value for e in Event if e.value not in _kinds(run.engine))
     assert missing == [], f"pipeline events without an audit record: {missing}"
