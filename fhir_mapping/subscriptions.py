@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from fhir_mapping.r4 import Subscription, validate
 from fhir_mapping.task import fhir_instant
@@ -70,7 +69,7 @@ def _filters(body: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         if resource != "Task" or not query:
             raise IncompleteAction(f"filter {text!r}: only Task?owner=… / Task?performer=…",
                                    code="not-supported")  # fmt: skip
-        for name, value in parse_qsl(query, keep_blank_values=True):
+        for name, _, value in (pair.partition("=") for pair in query.split("&")):
             if name not in FILTERS or not value:
                 raise IncompleteAction(f"filter parameter {name!r} is not supported",
                                        code="not-supported")  # fmt: skip
@@ -94,7 +93,8 @@ def parse_subscription(body: Any) -> SubscriptionRequest:
     if channel.get("type") != "rest-hook":
         raise IncompleteAction("only the rest-hook channel is supported", code="not-supported")
     endpoint = str(channel.get("endpoint", ""))
-    if urlsplit(endpoint).scheme not in {"http", "https"} or not urlsplit(endpoint).netloc:
+    scheme, _, rest = endpoint.partition("://")
+    if scheme not in {"http", "https"} or not rest.split("/", 1)[0]:
         raise IncompleteAction("channel.endpoint must be an http(s) URL", code="value")
     if channel.get("payload", PAYLOAD_TYPE) != PAYLOAD_TYPE:
         raise IncompleteAction(f"channel.payload must be {PAYLOAD_TYPE}", code="not-supported")
