@@ -316,7 +316,7 @@ def test_every_listed_sop_class_and_transfer_syntax_is_accepted(
 def test_concurrent_associations_are_all_served(
     start_listener: Callable[..., Listener], tmp_path: Path
 ) -> None:
-    gw = start_listener(maximum_associations=4)
+    gw = start_listener(maximum_associations=8)
     study = generate_uid()
     batches = [[write_dicom(tmp_path / f"{a}-{n}.dcm", study) for n in range(5)] for a in range(4)]
     env = {**os.environ, "TCP_NODELAY": "1"}
