@@ -2,8 +2,9 @@
 
 SMART App Launch 2.2 backend-services.md / client-confidential-asymmetric.md: the client sends
 `grant_type=client_credentials`, the jwt-bearer `client_assertion_type` and a JWT signed with
-one of its registered keys (RS384 or ES384, `kid` required) whose `iss` = `sub` = client_id, `aud` = the token endpoint, `exp` at most five minutes ahead and a `jti` not seen
-before from that client. The access token is short-lived (`expires_in` ≤ 300) and no refresh token
+one of its registered keys (RS384 or ES384, `kid` required) whose `iss` = `sub` = client_id,
+`aud` = the token endpoint, `exp` at most five minutes ahead and a `jti` not seen before from that
+client. The access token is short-lived (`expires_in` ≤ 300) and no refresh token
 is issued. Errors follow RFC 6749 §5.2. Introspection follows RFC 7662 and token-introspection.md.
 """
 
