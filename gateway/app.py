@@ -87,9 +87,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     from gateway.persistence.migrate import current_revision
     from gateway.review_service import ReviewService
     from gateway.review_sla import run_sweeper
-    from gateway.subscriptions import SubscriptionNotifier
     from gateway.scoring_step import ScoringStep
     from gateway.spool import Spool
+    from gateway.subscriptions import SubscriptionNotifier
     from scoring.service import ScoringService
 
     stop = stop or asyncio.Event()
