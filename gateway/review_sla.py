@@ -23,7 +23,7 @@ from fhir_mapping.review_tasks import reassigned_to_pool, with_deadline
 from gateway.audit.trail import append_provenance, record_event
 from gateway.domain.errors import VersionConflict
 from gateway.domain.model import Actor
-from gateway.persistence.tables import tasks
+from gateway.persistence.tables import task_history, tasks
 from gateway.pipeline import Event, PipelineEvent
 from gateway.settings import Settings
 from gateway.tasks import TaskRepository
@@ -110,14 +110,16 @@ def _record(
 
 
 def abandoned_count(engine: Engine) -> int:
-    """How many review Tasks were reassigned after their deadline (counted as abandoned)."""
+    """How many review Tasks were ever reassigned after their deadline (counted as abandoned)."""
+    # From the version history, so a reassigned Task that was completed later still counts.
     with engine.connect() as conn:
         return int(
             conn.execute(
-                select(func.count()).select_from(tasks)
-                .where(tasks.c.business_status == "reassigned-overdue")
+                select(func.count(func.distinct(task_history.c.task_id))).where(
+                    task_history.c.resource.contains('"code":"reassigned-overdue"')
+                )
             ).scalar_one()
-        )  # fmt: skip
+        )
 
 
 async def run_sweeper(

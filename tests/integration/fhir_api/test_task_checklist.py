@@ -268,6 +268,11 @@ async def test_overdue_task_is_reassigned_to_the_backup_pool_counted_and_audited
     # Swept again: already in the backup pool, not moved twice.
     assert reassign_overdue(fhir.engine, fhir.settings, deadline + timedelta(hours=1)) == []
     assert (await fhir.get("Task?performer=backup-reviewer"))["total"] == 1
+    # Completed later by a backup reviewer: still counted as abandoned once.
+    current, etag = await fhir.read_task()
+    done = await fhir.put_task(decision_body(current), etag, fhir.token(user="Practitioner/dr-2"))
+    assert done.status == 200
+    assert abandoned_count(fhir.engine) == 1
 
 
 async def test_expired_reviewer_credential_is_403_and_audited(fhir: FhirGateway) -> None:
