@@ -48,6 +48,7 @@ def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
             user=args.user,
             scopes=scopes,
             lifetime=args.lifetime or settings.auth.token_lifetime_seconds,
+            patient=args.patient or "",
         )
     )
     return 0
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--scope", action="append", help="SMART v2 scope (repeatable); default per role"
     )
     token.add_argument("--lifetime", type=int, help="seconds until the token expires")
+    token.add_argument(
+        "--patient", help="SMART launch patient (patient/ scopes reach only this patient)"
+    )
     token.set_defaults(func=_cmd_token)
 
     for module in COMMAND_MODULES:
