@@ -23,6 +23,7 @@ from fhir_mapping.review_input import ReviewCommand, parse_task_update
 from fhir_mapping.review_tasks import with_deadline
 from gateway.audit.trail import append_provenance, record_event
 from gateway.auth.tokens import Principal
+from gateway.automation import switch_enabled
 from gateway.domain.errors import (
     GatewayError,
     IncompleteAction,
@@ -159,7 +160,36 @@ class ReviewService:
                 detail={"score": f"{score.score:.6f}", "priority": chosen.value},
             ),
         )
+        if score.score >= self._settings.review.auto_escalate_threshold and switch_enabled(
+            conn, "auto-escalate", score.model.use_case, now
+        ):
+            self._auto_escalate(conn, stored, now)
         return stored
+
+    def _auto_escalate(self, conn: Connection, stored: Mapping[str, Any], now: datetime) -> None:
+        """Queue the worklist priority change before review (automation switch on by decision)."""
+        facts = task_map.task_facts(stored)
+        command = ReviewCommand(TaskStatus.REQUESTED, decision=Decision.APPROVE)
+        version = int(stored["meta"]["versionId"])
+        try:
+            change = self._worklist_message(conn, facts, command, version, now)
+        except IncompleteAction:
+            return  # the worklist cannot be told (no accession); the human review decides
+        if change is None:
+            return
+        for destination in self._settings.worklist.all_destinations():
+            enqueue(
+                conn,
+                destination=destination.name,
+                idempotency_key=f"auto:{change.idempotency_key}",
+                study_uid=facts.study_instance_uid,
+                kind=PRIORITY_CHANGE_KIND,
+                payload=change.to_json(),
+                actor=GATEWAY_ACTOR,
+                patient_id=facts.patient_id,
+                now=now,
+                encounter_id=facts.encounter_id,
+            )
 
     def complete(
         self,

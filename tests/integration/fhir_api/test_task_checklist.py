@@ -362,3 +362,56 @@ async def test_reviewer_escalates_an_unflagged_study_with_the_escalate_operation
         "/fhir/ImagingStudy/1.2.3.77/$escalate", json=no_rationale, headers=fhir.auth(token)
     )
     assert refused.status == 422
+
+
+async def test_auto_escalate_acts_only_under_a_current_safety_decision(fhir: FhirGateway) -> None:
+    from dataclasses import replace
+
+    from sqlalchemy import select
+
+    from gateway.persistence.tables import outbox
+    from gateway.review_service import ReviewService
+    from gateway.settings import WorklistSettings
+    from tests.unit.fhir.samples import score, study
+
+    settings = replace(fhir.settings, worklist=WorklistSettings(hl7_host="127.0.0.1", hl7_port=9))
+    review = ReviewService(fhir.engine, settings)
+
+    def flag(uid: str) -> None:
+        with fhir.engine.begin() as conn:
+            review.create_review_task(
+                conn, replace(study(), study_instance_uid=uid, accession_number="ACC-9"),
+                replace(score(0.995), study_instance_uid=uid),
+            )  # fmt: skip
+
+    def queued() -> list[str]:
+        with fhir.engine.connect() as conn:
+            return [r.study_instance_uid for r in conn.execute(select(outbox))]
+
+    from sqlalchemy import insert
+
+    from gateway.persistence.tables import studies
+    from tests.integration.fhir_api.conftest import study_row
+
+    with fhir.engine.begin() as conn:
+        for uid in ("1.2.3.61", "1.2.3.62"):
+            conn.execute(insert(studies).values(study_row(uid)))
+    flag("1.2.3.61")
+    assert queued() == []  # off: no decision recorded
+    now = datetime.now(UTC)
+    with fhir.engine.begin() as conn:
+        record_decision(
+            conn,
+            SafetyDecision(
+                switch="auto-escalate",
+                scope="cxr-pneumothorax",
+                decided_by="Clinical safety committee",
+                decided_at=now - timedelta(hours=1),
+                valid_until=now + timedelta(days=1),
+                reference="minutes item 4",
+            ),
+            recorded_by="Practitioner/admin",
+            now=now,
+        )
+    flag("1.2.3.62")
+    assert queued() == ["1.2.3.62"]
