@@ -47,6 +47,8 @@ instances are kept byte for byte in the transfer syntax they arrived in.
   restricted to an allowlist (`dicom.allowed_calling_aes`); others are rejected
   (rejected-permanent, calling AE title not recognised) and the rejection is audited.
 - Concurrent associations: `dicom.maximum_associations` (default 32); beyond it, rejected-transient.
+- ARTIM: a connection that does not request (or release) an association within
+  `dicom.acse_timeout_seconds` (default 10 s) is closed.
 - Maximum PDU length offered: `dicom.max_pdu` (default 131072 bytes).
 - Asynchronous operations are not negotiated (one outstanding operation per association).
 - Transport: TCP/IP; DICOM TLS (PS3.15 B.1, TLS 1.2 or later) when `dicom.tls_certificate` and

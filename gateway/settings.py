@@ -49,6 +49,13 @@ class DicomSettings:
         default=32,
         metadata=_doc("Concurrent associations accepted; more are rejected (transient)."),
     )
+    acse_timeout_seconds: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds a connection may wait to request or release an association (ARTIM); "
+            "an idle TCP connection holds an association slot until then."
+        ),
+    )
     tls_certificate: str = field(
         default="",
         metadata=_doc("PEM certificate of the SCP; set with tls_private_key for DICOM TLS."),

@@ -98,6 +98,9 @@ class DimseListener:
         self._ae = AE(ae_title=settings.dicom.ae_title)
         self._ae.maximum_pdu_size = settings.dicom.max_pdu
         self._ae.maximum_associations = settings.dicom.maximum_associations
+        # Also the ARTIM timeout: a connection that never requests an association (a port probe,
+        # a load balancer's check) keeps a slot until it expires.
+        self._ae.acse_timeout = settings.dicom.acse_timeout_seconds
         self._ae.require_calling_aet = list(settings.dicom.allowed_calling_aes)
         self._ae.add_supported_context(VERIFICATION_SOP_CLASS, ALL_TRANSFER_SYNTAXES)
         for sop_class in STORAGE_SOP_CLASSES:

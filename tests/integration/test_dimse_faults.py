@@ -338,3 +338,19 @@ def test_concurrent_associations_are_all_served(
         return [d for d in gw.audit() if "instances-transferred" in json.dumps(d)]
 
     _wait(lambda: len(summaries()) == 4)
+
+
+def test_a_bare_tcp_probe_gives_its_association_slot_back(
+    start_listener: Callable[..., Listener],
+) -> None:
+    gw = start_listener(maximum_associations=1, acse_timeout_seconds=0.5)
+
+    def echo() -> bool:
+        return _dcmtk("echoscu", "-aec", AE_TITLE, HOST, str(gw.port)).returncode == 0
+
+    _wait(echo, timeout=5)  # the fixture's own readiness probe has given its slot back
+    with socket.create_connection((HOST, gw.port)):
+        pass  # a load balancer's health check: connect, never associate
+    assert not echo()  # the probe holds the only slot...
+    # ...until the ARTIM bound; pynetdicom's default would keep it for 30 s.
+    _wait(echo, timeout=5)
