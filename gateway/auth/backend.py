@@ -15,14 +15,18 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
+from sqlalchemy import Engine, delete, insert
+from sqlalchemy.exc import IntegrityError
 
 from gateway.auth.issuer import ROLES, mint_token
 from gateway.auth.smart import token_endpoint
 from gateway.auth.tokens import TokenValidator, parse_scope
 from gateway.domain.errors import NotAuthenticated
+from gateway.persistence.tables import client_assertions
 from gateway.settings import Settings
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -72,15 +76,22 @@ def load_clients(path: str) -> dict[str, BackendClient]:
 
 
 class ReplayCache:
-    """`jti` values seen per client until their assertion expires (SHALL reject replays)."""
+    """`jti` values seen per client until their assertion expires (SHALL reject replays).
 
-    def __init__(self) -> None:
+    With an engine the record is the `client_assertions` table, so every replica sharing the
+    database refuses a replay; without one (tests, tools) it is kept in this process.
+    """
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self._engine = engine
         self._seen: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
     def check_and_add(self, client_id: str, jti: str, expires: float) -> bool:
         """True the first time a (client, jti) is seen before it expires."""
         now = time.time()
+        if self._engine is not None:
+            return self._check_in_database(client_id, jti, expires, now)
         with self._lock:
             self._seen = {k: v for k, v in self._seen.items() if v > now}
             if (client_id, jti) in self._seen:
@@ -88,15 +99,36 @@ class ReplayCache:
             self._seen[(client_id, jti)] = expires
             return True
 
+    def _check_in_database(self, client_id: str, jti: str, expires: float, now: float) -> bool:
+        assert self._engine is not None
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    delete(client_assertions).where(
+                        client_assertions.c.expires_at < datetime.fromtimestamp(now, UTC)
+                    )
+                )
+                conn.execute(
+                    insert(client_assertions).values(
+                        client_id=client_id, jti=jti[:255],
+                        expires_at=datetime.fromtimestamp(expires, UTC),
+                    )
+                )  # fmt: skip
+        except IntegrityError:
+            return False
+        return True
+
 
 class BackendTokenService:
     """Issues access tokens to registered Backend Services clients; introspects tokens."""
 
-    def __init__(self, settings: Settings, validator: TokenValidator) -> None:
+    def __init__(
+        self, settings: Settings, validator: TokenValidator, engine: Engine | None = None
+    ) -> None:
         self._settings = settings
         self._validator = validator
         self._clients = load_clients(settings.auth.backend_clients_path)
-        self._replays = ReplayCache()
+        self._replays = ReplayCache(engine)
 
     def token(self, form: Mapping[str, str]) -> dict[str, Any]:
         """The token response for a client_credentials request (RFC 6749 §4.4, §5.1)."""

@@ -323,7 +323,7 @@ def build_http_app(
     app.router.add_get(f"{FHIR_PREFIX}/metadata", metadata)
     app.router.add_get("/.well-known/smart-configuration", well_known)
     app.router.add_get(f"{FHIR_PREFIX}/.well-known/smart-configuration", well_known)
-    app[BACKEND] = BackendTokenService(settings, token_validator)
+    app[BACKEND] = BackendTokenService(settings, token_validator, engine)
     if not (settings.auth.jwks_path or settings.auth.jwks_uri):
         app.router.add_get(f"{FHIR_PREFIX}/auth/jwks", jwks)
         app.router.add_post(f"{FHIR_PREFIX}/auth/token", token)

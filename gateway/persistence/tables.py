@@ -379,6 +379,17 @@ subscription_cursor = Table(
     Column("audit_seq", BigInteger, nullable=False),
 )
 
+# Backend Services client assertions seen (SMART: a replayed `jti` SHALL be refused), shared by
+# every replica; rows are dropped once their assertion has expired.
+client_assertions = Table(
+    "client_assertions",
+    metadata,
+    Column("client_id", String(128), primary_key=True),
+    Column("jti", String(255), primary_key=True),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index("ix_client_assertions_expires", "expires_at"),
+)
+
 # Derived search index over audit_log (FHIR search of Provenance and AuditEvent); rebuilt from the
 # log by catching up on sequence numbers, so it never changes the append path.
 audit_search_index = Table(

@@ -304,3 +304,15 @@ async def test_jwks_is_cached_and_a_rotated_key_is_picked_up(
     with pytest.raises(tokens.InvalidToken):
         validator.validate(wrong_issuer)
     del engine
+
+
+def test_a_replayed_jti_is_refused_by_every_replica_sharing_the_database(engine: Engine) -> None:
+    from gateway.auth.backend import ReplayCache
+
+    first, second = ReplayCache(engine), ReplayCache(engine)
+    expires = time.time() + 120
+    assert first.check_and_add("pacs-1", "jti-1", expires)
+    assert not second.check_and_add("pacs-1", "jti-1", expires)
+    assert second.check_and_add("pacs-2", "jti-1", expires)  # per client
+    assert first.check_and_add("pacs-1", "jti-old", time.time() - 1)
+    assert second.check_and_add("pacs-1", "jti-old", expires)  # expired records are dropped

@@ -102,6 +102,14 @@ def upgrade() -> None:
         "ix_subscription_events_unsent", "subscription_events", ["subscription_id", "sent_at"]
     )
     op.create_table(
+        "client_assertions",
+        sa.Column("client_id", sa.String(length=128), nullable=False),
+        sa.Column("jti", sa.String(length=255), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("client_id", "jti", name=op.f("pk_client_assertions")),
+    )
+    op.create_index("ix_client_assertions_expires", "client_assertions", ["expires_at"])
+    op.create_table(
         "subscription_cursor",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("audit_seq", sa.BigInteger(), nullable=False),
@@ -112,6 +120,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Revert this revision."""
     op.drop_table("subscription_cursor")
+    op.drop_index("ix_client_assertions_expires", table_name="client_assertions")
+    op.drop_table("client_assertions")
     op.drop_index("ix_subscription_events_unsent", table_name="subscription_events")
     op.drop_table("subscription_events")
     op.drop_table("subscriptions")
