@@ -45,7 +45,6 @@ from gateway.settings import Settings
 from gateway.tasks import TaskRepository
 
 GATEWAY_DEVICE = "Device/hitl-gateway"
-REVIEWER_ROLE = "reviewer"
 _ETAG = re.compile(r'^(?:W/)?"?(?P<version>\d+)"?$')
 _ESCALATING = frozenset({Decision.APPROVE, Decision.OVERRIDE})
 _CLAIMING = frozenset({TaskStatus.ACCEPTED, TaskStatus.IN_PROGRESS})
