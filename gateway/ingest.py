@@ -23,6 +23,7 @@ from gateway.audit.trail import record_event
 from gateway.dicom_index import index_attributes
 from gateway.domain.errors import InvalidInput
 from gateway.domain.model import Actor, StoredInstance, StudyState
+from gateway.group_commit import GroupCommitter
 from gateway.persistence.tables import instance_attributes, instances, studies
 from gateway.pipeline import Event, PipelineEvent
 from gateway.settings import Settings
@@ -167,6 +168,7 @@ class InstanceRecorder:
         self._spool = spool
         self._settings = settings
         self._clock = clock
+        self._committer = GroupCommitter(engine)
 
     @property
     def engine(self) -> Engine:
@@ -256,70 +258,84 @@ class InstanceRecorder:
         peer_address: str,
         transfer_id: str | None = None,
     ) -> IngestOutcome:
-        now = self._clock()
-        with self._engine.begin() as conn:
-            earlier = (
-                conn.execute(
-                    select(instances).where(instances.c.sop_instance_uid == header.sop_instance_uid)
-                )
-                .mappings()
-                .all()
+        # Concurrent associations share one transaction and one log flush (group commit).
+        return self._committer.run(
+            lambda conn: self._commit_in(
+                conn, spooled, version, header, calling_ae, peer_address, transfer_id
             )
-            same = next((r for r in earlier if r["sha256"] == spooled.sha256), None)
-            if same is not None:
-                outcome = IngestOutcome(
-                    Disposition.DUPLICATE, _stored(same, header), same["version"]
+        )
+
+    def _commit_in(
+        self,
+        conn: Connection,
+        spooled: SpooledFile,
+        version: int,
+        header: ParsedHeader,
+        calling_ae: str,
+        peer_address: str,
+        transfer_id: str | None,
+    ) -> IngestOutcome:
+        now = self._clock()
+        earlier = (
+            conn.execute(
+                select(instances).where(instances.c.sop_instance_uid == header.sop_instance_uid)
+            )
+            .mappings()
+            .all()
+        )
+        same = next((r for r in earlier if r["sha256"] == spooled.sha256), None)
+        if same is not None:
+            outcome = IngestOutcome(Disposition.DUPLICATE, _stored(same, header), same["version"])
+            previous_state = ""
+        else:
+            disposition = Disposition.NEW_VERSION if earlier else Disposition.STORED
+            stored = StoredInstance(
+                sop_instance_uid=header.sop_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                study_instance_uid=header.study_instance_uid,
+                series_instance_uid=header.series_instance_uid,
+                transfer_syntax_uid=header.transfer_syntax_uid,
+                path=str(spooled.path),
+                size=spooled.size,
+                sha256=spooled.sha256,
+                modality=header.modality,
+                patient_id=header.patient_id,
+                patient_name=header.patient_name,
+                accession_number=header.accession_number,
+                calling_ae=calling_ae.strip()[:16],
+                received_at=now,
+            )
+            conn.execute(
+                insert(instances).values(
+                    **_row(stored, version),
+                    transfer_id=transfer_id,
+                    transfer_audited=transfer_id is None,
                 )
-                previous_state = ""
-            else:
-                disposition = Disposition.NEW_VERSION if earlier else Disposition.STORED
-                stored = StoredInstance(
-                    sop_instance_uid=header.sop_instance_uid,
-                    sop_class_uid=header.sop_class_uid,
-                    study_instance_uid=header.study_instance_uid,
-                    series_instance_uid=header.series_instance_uid,
-                    transfer_syntax_uid=header.transfer_syntax_uid,
-                    path=str(spooled.path),
-                    size=spooled.size,
-                    sha256=spooled.sha256,
-                    modality=header.modality,
-                    patient_id=header.patient_id,
-                    patient_name=header.patient_name,
-                    accession_number=header.accession_number,
-                    calling_ae=calling_ae.strip()[:16],
-                    received_at=now,
-                )
+            )
+            if header.attributes:
                 conn.execute(
-                    insert(instances).values(
-                        **_row(stored, version),
-                        transfer_id=transfer_id,
-                        transfer_audited=transfer_id is None,
+                    insert(instance_attributes).values(
+                        sop_instance_uid=header.sop_instance_uid,
+                        version=version,
+                        study_instance_uid=header.study_instance_uid,
+                        series_instance_uid=header.series_instance_uid,
+                        sop_class_uid=header.sop_class_uid,
+                        **header.attributes,
                     )
                 )
-                if header.attributes:
-                    conn.execute(
-                        insert(instance_attributes).values(
-                            sop_instance_uid=header.sop_instance_uid,
-                            version=version,
-                            study_instance_uid=header.study_instance_uid,
-                            series_instance_uid=header.series_instance_uid,
-                            sop_class_uid=header.sop_class_uid,
-                            **header.attributes,
-                        )
-                    )
-                new_in_study = not any(
-                    r["study_instance_uid"] == header.study_instance_uid for r in earlier
-                )
-                previous_state = self._upsert_study(conn, header, now, new_in_study)
-                outcome = IngestOutcome(disposition, stored, version)
-            reopened = previous_state not in ("", StudyState.RECEIVING.value)
-            # The association's summary counts plain receipts; a new version or a re-opened
-            # study is a change worth its own record, as is any receipt outside a transfer.
-            if transfer_id is None or outcome.is_warning or reopened:
-                event = self._stored_event(
-                    outcome, header, now, sender_actor(calling_ae, peer_address), previous_state
-                )
-                record_event(conn, event)
+            new_in_study = not any(
+                r["study_instance_uid"] == header.study_instance_uid for r in earlier
+            )
+            previous_state = self._upsert_study(conn, header, now, new_in_study)
+            outcome = IngestOutcome(disposition, stored, version)
+        reopened = previous_state not in ("", StudyState.RECEIVING.value)
+        # The association's summary counts plain receipts; a new version or a re-opened
+        # study is a change worth its own record, as is any receipt outside a transfer.
+        if transfer_id is None or outcome.is_warning or reopened:
+            event = self._stored_event(
+                outcome, header, now, sender_actor(calling_ae, peer_address), previous_state
+            )
+            record_event(conn, event)
         return outcome
 
     def _upsert_study(

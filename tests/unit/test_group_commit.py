@@ -1,0 +1,68 @@
+"""Group commit: waiting work shares one transaction; a failing piece undoes only itself."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Column, Connection, Engine, Integer, MetaData, Table, event, insert, select
+
+from gateway.group_commit import GroupCommitter
+from gateway.persistence.db import make_engine
+
+probe = Table("gc_probe", MetaData(), Column("n", Integer, primary_key=True))
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A database with one small table."""
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        probe.create(conn)
+    yield engine
+    engine.dispose()
+
+
+def test_waiting_work_shares_one_commit_and_a_failure_undoes_only_itself(engine: Engine) -> None:
+    commits: list[int] = []
+    event.listen(engine, "commit", lambda _conn: commits.append(1))
+    committer = GroupCommitter(engine)
+    gate, started = threading.Event(), threading.Event()
+    results: dict[int, object] = {}
+
+    def work(n: int) -> object:
+        def body(conn: Connection) -> int:
+            if n == 0:
+                started.set()
+                gate.wait(10)  # the first transaction is slow; the others queue up behind it
+            conn.execute(insert(probe).values(n=n))
+            if n == 5:
+                raise ValueError("bad instance")
+            return n
+
+        try:
+            return committer.run(body)
+        except ValueError as exc:
+            return exc
+
+    def submit(n: int) -> None:
+        results[n] = work(n)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(8)]
+    threads[0].start()
+    assert started.wait(10)  # the committing thread is inside the first transaction
+    deadline = time.monotonic() + 10
+    for t in threads[1:]:
+        t.start()
+    while committer._queue.qsize() < 7 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert isinstance(results.pop(5), ValueError)
+    assert results == {n: n for n in (0, 1, 2, 3, 4, 6, 7)}
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(probe.c.n)).scalars()) == [0, 1, 2, 3, 4, 6, 7]
+    assert len(commits) == 2  # the first alone, then the seven that waited, together
