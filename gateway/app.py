@@ -185,9 +185,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         workers.append(
             asyncio.create_task(checkpointer(engine, settings, stop), name="audit-checkpoints")
         )
-        workers.append(
-            asyncio.create_task(run_sweeper(engine, settings, stop), name="review-sla")
-        )
+        workers.append(asyncio.create_task(run_sweeper(engine, settings, stop), name="review-sla"))
         workers.append(
             asyncio.create_task(
                 SubscriptionNotifier(engine, settings).run_forever(stop), name="subscriptions"
