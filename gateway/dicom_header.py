@@ -1,0 +1,98 @@
+"""The attributes of a received data set that ingest, assembly and the DICOMweb index need.
+
+Untrusted bytes are decoded here only: any decoding failure becomes InvalidInput, which the DIMSE
+edge answers with 0xC000 and STOW-RS with FailureReason 0xC000.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from gateway.dicom_index import index_attributes
+from gateway.domain.errors import InvalidInput
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedHeader:
+    """The attributes of a received data set that ingest and assembly need."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str = ""
+    patient_id: str = ""
+    patient_name: str = ""
+    accession_number: str = ""
+    encounter_id: str = ""  # AdmissionID (0038,0010)
+    body_part_examined: str = ""
+    # NumberOfStudyRelatedInstances (0020,1208): the study is complete when this many arrived.
+    expected_instances: int | None = None
+    # QIDO-RS keys and WADO-RS metadata (gateway.dicom_index); empty when not indexed.
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()[:limit]
+
+
+def parse_header(path: Path) -> ParsedHeader:
+    """Read the header of a DICOM Part 10 file; raises InvalidInput when it cannot be understood."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+        # pydicom decodes values on access, so every value is read inside this guard.
+        uids = {k: _text(ds, k, 200) for k in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID")}
+        header = ParsedHeader(
+            sop_instance_uid=uids["SOPInstanceUID"],
+            sop_class_uid=uids["SOPClassUID"],
+            study_instance_uid=uids["StudyInstanceUID"],
+            series_instance_uid=_text(ds, "SeriesInstanceUID", 64),
+            transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")).strip(),
+            modality=_text(ds, "Modality", 16).upper(),
+            patient_id=_text(ds, "PatientID", 64),
+            patient_name=_text(ds, "PatientName", 200),
+            accession_number=_text(ds, "AccessionNumber", 64),
+            encounter_id=_text(ds, "AdmissionID", 64),
+            body_part_examined=_text(ds, "BodyPartExamined", 64),
+            expected_instances=_count(ds.get("NumberOfStudyRelatedInstances")),
+            attributes=index_attributes(ds),
+        )
+    except OSError:
+        raise
+    except Exception as exc:
+        # Any decoding failure of untrusted bytes means the data set cannot be understood.
+        raise InvalidInput(f"cannot parse data set: {type(exc).__name__}") from exc
+    for keyword, value in uids.items():
+        if not value:
+            raise InvalidInput(f"{keyword} is missing")
+        if len(value) > 64:
+            raise InvalidInput(f"{keyword} is longer than 64 characters")
+    if not header.transfer_syntax_uid:
+        raise InvalidInput("file meta has no TransferSyntaxUID")
+    return header
+
+
+def _count(value: object) -> int | None:
+    # IS may be empty, multi-valued by mistake or nonsense; only a plausible count is used.
+    try:
+        count = int(str(value).strip()) if value not in (None, "") else 0
+    except ValueError:
+        return None
+    return count if 0 < count < 1_000_000 else None
+
+
+def data_set_offset(path: Path) -> int:
+    """Where the data set starts in a Part 10 file: after preamble, DICM and group 0002."""
+    with path.open("rb") as fh:
+        head = fh.read(144)
+    # (0002,0000) UL, explicit VR little endian, is required first (PS3.10 7.1).
+    if len(head) == 144 and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
+        return 144 + int.from_bytes(head[140:144], "little")
+    return 0
