@@ -88,6 +88,7 @@ def _mask(value: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = item
     # AuditEvent: the patient entity's name would show the patient (BALP patient entity).
-    if out.get("role", {}).get("code") == "1" and "name" in out:
+    role = out.get("role")
+    if isinstance(role, Mapping) and role.get("code") == "1" and "name" in out:
         out["name"] = MASKED
     return out

@@ -120,3 +120,22 @@ def test_mask_phi_replaces_patient_references_and_labels_the_resource() -> None:
     assert not may_see_phi(_principal("user/AuditEvent.rs", roles=("auditor",)))
     assert may_see_phi(_principal("user/AuditEvent.rs", roles=("auditor", "auditor-phi")))
     assert may_see_phi(_principal("user/Task.rs", roles=("reviewer",)))
+
+
+def test_mask_phi_accepts_agents_whose_role_is_a_list() -> None:
+    # AuditEvent.agent.role is 0..* CodeableConcept, AuditEvent.entity.role a single Coding:
+    # masking must handle both shapes (it used to fail on the list, answering auditors with 500).
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "agent": [
+            {
+                "who": {"reference": "Practitioner/p1"},
+                "role": [{"coding": [{"code": "110153"}]}],
+                "requestor": True,
+            }
+        ],
+        "entity": [{"what": {"reference": "Patient/MRN-2"}, "role": {"code": "1"}}],
+    }
+    masked = mask_phi(event)
+    assert masked["agent"][0]["role"] == event["agent"][0]["role"]
+    assert "MRN-2" not in str(masked)
