@@ -44,7 +44,6 @@ class DicomSettings:
     max_pdu: int = field(
         default=131072, metadata=_doc("Maximum PDU length offered, in bytes (0 = unlimited).")
     )
-
     maximum_associations: int = field(
         default=32,
         metadata=_doc("Concurrent associations accepted; more are rejected (transient)."),
@@ -70,6 +69,7 @@ class DicomSettings:
         ),
     )
 
+
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
     """HTTP listener (FHIR, DICOMweb, health, metrics)."""
@@ -90,13 +90,13 @@ class HttpSettings:
         default="",
         metadata=_doc("File holding a static bearer token allowed to scrape /metrics."),
     )
-
     stow_max_instance_bytes: int = field(
         default=2 * 1024**3, metadata=_doc("Largest instance accepted by STOW-RS, in bytes (413).")
     )
     stow_max_request_bytes: int = field(
         default=20 * 1024**3, metadata=_doc("Largest STOW-RS request body, in bytes (413).")
     )
+
     def fhir_base(self) -> str:
         """The FHIR base URL, which is also the token audience."""
         base = self.base_url.rstrip("/") or f"http://localhost:{self.port}"
@@ -110,7 +110,6 @@ class StorageSettings:
     data_dir: Path = field(
         default=Path("./var"), metadata=_doc("Directory for the spool, keys and embedded stores.")
     )
-
     spool_quota_bytes: int = field(
         default=0,
         metadata=_doc("Most bytes the spool may hold; past it A700 / 413 (0 = no quota)."),
@@ -119,6 +118,7 @@ class StorageSettings:
         default=600.0,
         metadata=_doc("Age after which a spool file no instance row refers to is removed, in s."),
     )
+
     @property
     def spool_dir(self) -> Path:
         """Where received instances are written."""
@@ -160,7 +160,6 @@ class AssemblySettings:
     poll_seconds: float = field(
         default=0.5, metadata=_doc("How often due studies are looked for, in seconds.")
     )
-
     max_wait_seconds: float = field(
         default=1800.0,
         metadata=_doc(
@@ -171,6 +170,7 @@ class AssemblySettings:
         default=5,
         metadata=_doc("Scoring passes a study may fail before it is set aside as standard triage."),
     )
+
     def quiet_period(self, modality: str) -> float:
         """The quiet period for a modality, in seconds."""
         return float(self.per_modality.get(modality.upper(), self.stable_seconds))
@@ -257,9 +257,7 @@ class WorklistDestination:
     bearer_token_file: str = field(
         default="", metadata=_doc("File holding a bearer token sent as Authorization.")
     )
-    secret_file: str = field(
-        default="", metadata=_doc("File holding the webhook HMAC-SHA256 key.")
-    )
+    secret_file: str = field(default="", metadata=_doc("File holding the webhook HMAC-SHA256 key."))
     accession_system: str = field(
         default="",
         metadata=_doc("ServiceRequest.identifier system of accession numbers (FHIR kind)."),
@@ -526,9 +524,7 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         if origin is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
             tables = json.loads(value) if isinstance(value, str) else list(value)
             item_cls = typing.get_args(hint)[0]
-            return tuple(
-                _section(item_cls, dict(t), f"{where}[{n}]") for n, t in enumerate(tables)
-            )
+            return tuple(_section(item_cls, dict(t), f"{where}[{n}]") for n, t in enumerate(tables))
         if origin is tuple:
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(i).strip() for i in items if str(i).strip())
