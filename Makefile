@@ -36,6 +36,7 @@ run: debian-packages setup
 	@echo "  DICOM: AE HITLGW on port 11112     HTTP: http://localhost:8080 (FHIR base /fhir)"
 	@echo "  Send demo studies:   $(BIN)/hitl-gateway demo send --positive 1 --negative 1"
 	@echo "    or with dcmtk:     storescu -aec HITLGW 127.0.0.1 11112 <file.dcm>"
+	@echo "  Reviewer:            $(BIN)/hitl-gateway reviewer credential --practitioner Practitioner/dr-jones --granted-by Practitioner/admin"
 	@echo "  Reviewer token:      $(BIN)/hitl-gateway token --role reviewer --user Practitioner/dr-jones"
 	@echo "  Open review Tasks:   curl -H \"Authorization: Bearer \$$TOKEN\" 'http://localhost:8080/fhir/Task?status=requested'"
 	@echo
