@@ -15,8 +15,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, RowMapping, case, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    RowMapping,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
 
 from gateway.audit.trail import record_event
 from gateway.dicom_header import ParsedHeader, data_set_offset, parse_header
@@ -42,6 +54,72 @@ MAX_VERSION_ATTEMPTS = 20
 # Study attributes taken from the first instance that carries them.
 _FIRST_VALUE_WINS = ("patient_id", "patient_name", "accession_number", "encounter_id", "modality")
 _SAFE_ID = re.compile(r"[^A-Za-z0-9.-]+")
+
+# The statements of the record path are built once: constructing and hashing a statement per
+# instance cost more than running it. Values travel as bound parameters.
+_LATEST_VERSION = (
+    select(instances.c.version)
+    .where(instances.c.sop_instance_uid == bindparam("sop_uid"))
+    .order_by(instances.c.version.desc())
+    .limit(1)
+)
+_EARLIER = select(instances).where(instances.c.sop_instance_uid == bindparam("sop_uid"))
+_INSERT_INSTANCE = insert(instances)
+_INSERT_ATTRIBUTES = insert(instance_attributes)
+_STUDY = select(
+    studies.c.state,
+    studies.c.modality,
+    studies.c.complete_by,
+    studies.c.expected_instances,
+).where(studies.c.study_instance_uid == bindparam("study_uid"))
+_COMPLETE_ON_COUNT = (
+    update(studies)
+    .where(
+        studies.c.study_instance_uid == bindparam("study_uid"),
+        studies.c.expected_instances.is_not(None),
+        studies.c.instance_count >= studies.c.expected_instances,
+    )
+    .values(stable_due_at=bindparam("now"))
+)
+
+
+def _upsert_study_statement(dialect_insert: Callable[..., Insert]) -> Insert:
+    # postgresql.insert and sqlite.insert share on_conflict_do_update and excluded.
+    stmt: Any = dialect_insert(studies)
+    excluded = stmt.excluded
+    receiving = studies.c.state == StudyState.RECEIVING.value
+    keep_first = {
+        name: case((studies.c[name] == "", excluded[name]), else_=studies.c[name])
+        for name in _FIRST_VALUE_WINS
+    }
+    # Any new instance (re-)opens the study: a scored study is scored again, and a study being
+    # scored loses its lease so the scoring step's result for the older content is discarded.
+    upsert: Insert = stmt.on_conflict_do_update(
+        index_elements=[studies.c.study_instance_uid],
+        set_={
+            **keep_first,
+            "state": StudyState.RECEIVING.value,
+            "instance_count": studies.c.instance_count + bindparam("added", type_=Integer),
+            "last_received_at": excluded.last_received_at,
+            "stable_due_at": excluded.stable_due_at,
+            "lease_owner": None,
+            "lease_until": None,
+            "updated_at": excluded.updated_at,
+            "expected_instances": func.coalesce(
+                excluded.expected_instances, studies.c.expected_instances
+            ),
+            # A re-opened study gets a fresh maximum wait; a receiving one keeps its own.
+            "complete_by": case((receiving, studies.c.complete_by), else_=excluded.complete_by),
+            "claim_attempts": 0,
+        },
+    )
+    return upsert
+
+
+_UPSERT_STUDY = {
+    "postgresql": _upsert_study_statement(postgresql.insert),
+    "sqlite": _upsert_study_statement(sqlite.insert),
+}
 
 
 class Disposition(enum.StrEnum):
@@ -78,6 +156,13 @@ def sender_actor(calling_ae: str, peer_address: str = "") -> Actor:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Superseded:
+    """The version spooled is not above the latest recorded one; nothing was written."""
+
+    latest: int
 
 
 class InstanceRecorder:
@@ -118,13 +203,23 @@ class InstanceRecorder:
         With a `transfer_id` the instance is audited by its association's or request's DICOM
         Instances Transferred summary (gateway.transfer_audit); without one, by its own record.
         """
-        version, spooled = self._spool_next_version(path, header, adopt)
-        outcome = self._commit(spooled, version, header, calling_ae, peer_address, transfer_id)
-        if outcome.disposition is Disposition.DUPLICATE:
-            # The identical bytes are already recorded under another version; the copy is
-            # removed only after the commit, so a failed commit never loses a referenced file.
-            self._spool.discard(spooled.path)
-        return outcome
+        hash_from = data_set_offset(path)
+        version = 1
+        for _ in range(MAX_VERSION_ATTEMPTS):
+            version, spooled = self._spool_next_version(path, header, version, hash_from, adopt)
+            result = self._commit(spooled, version, header, calling_ae, peer_address, transfer_id)
+            if isinstance(result, _Superseded):
+                # A version at or above this one is recorded already (its name was free in the
+                # spool: an orphan reaped after a crash); the bytes are spooled again above it.
+                self._spool.discard(spooled.path)
+                version = result.latest + 1
+                continue
+            if result.disposition is Disposition.DUPLICATE:
+                # The identical bytes are already recorded under another version; the copy is
+                # removed only after the commit, so a failed commit never loses a referenced file.
+                self._spool.discard(spooled.path)
+            return result
+        raise SpoolCollisionError(f"no free version for {header.sop_instance_uid}")
 
     def record_refusal(
         self,
@@ -149,16 +244,12 @@ class InstanceRecorder:
             )
 
     def _spool_next_version(
-        self, path: Path, header: ParsedHeader, adopt: bool = False
+        self, path: Path, header: ParsedHeader, version: int, hash_from: int, adopt: bool
     ) -> tuple[int, SpooledFile]:
-        with self._engine.connect() as conn:
-            latest = conn.execute(
-                select(instances.c.version)
-                .where(instances.c.sop_instance_uid == header.sop_instance_uid)
-                .order_by(instances.c.version.desc())
-                .limit(1)
-            ).scalar()
-        version = (latest or 0) + 1
+        # A first receipt is spooled as version 1 without asking the database; the transaction
+        # checks the choice against the versions recorded (see _commit_in). A name already
+        # taken means the instance was received before: go on above its latest recorded version.
+        looked_up = False
         for _ in range(MAX_VERSION_ATTEMPTS):
             try:
                 spooled = self._spool.store_file(
@@ -166,15 +257,24 @@ class InstanceRecorder:
                     header.study_instance_uid,
                     header.sop_instance_uid,
                     version,
-                    hash_from=data_set_offset(path),
+                    hash_from=hash_from,
                     adopt=adopt,
                 )
             except SpoolCollisionError:
-                # Another writer (or an orphan of a crash) holds this version's name.
-                version += 1
+                # Another writer, an earlier version or an orphan of a crash holds this name.
+                if looked_up:
+                    version += 1
+                else:
+                    looked_up = True
+                    version = max(version, self._latest_version(header.sop_instance_uid)) + 1
                 continue
             return version, spooled
         raise SpoolCollisionError(f"no free version for {header.sop_instance_uid}")
+
+    def _latest_version(self, sop_uid: str) -> int:
+        with self._engine.connect() as conn:
+            latest = conn.execute(_LATEST_VERSION, {"sop_uid": sop_uid}).scalar()
+        return int(latest or 0)
 
     def _commit(
         self,
@@ -184,7 +284,7 @@ class InstanceRecorder:
         calling_ae: str,
         peer_address: str,
         transfer_id: str | None = None,
-    ) -> IngestOutcome:
+    ) -> IngestOutcome | _Superseded:
         # Concurrent associations share one transaction and one log flush (group commit).
         return self._committer.run(
             lambda conn: self._commit_in(
@@ -201,20 +301,17 @@ class InstanceRecorder:
         calling_ae: str,
         peer_address: str,
         transfer_id: str | None,
-    ) -> IngestOutcome:
+    ) -> IngestOutcome | _Superseded:
         now = self._clock()
-        earlier = (
-            conn.execute(
-                select(instances).where(instances.c.sop_instance_uid == header.sop_instance_uid)
-            )
-            .mappings()
-            .all()
-        )
+        earlier = conn.execute(_EARLIER, {"sop_uid": header.sop_instance_uid}).mappings().all()
         same = next((r for r in earlier if r["sha256"] == spooled.sha256), None)
         if same is not None:
             outcome = IngestOutcome(Disposition.DUPLICATE, _stored(same, header), same["version"])
             previous_state = ""
         else:
+            latest = max((r["version"] for r in earlier), default=0)
+            if version <= latest:
+                return _Superseded(latest)
             disposition = Disposition.NEW_VERSION if earlier else Disposition.STORED
             stored = StoredInstance(
                 sop_instance_uid=header.sop_instance_uid,
@@ -233,22 +330,24 @@ class InstanceRecorder:
                 received_at=now,
             )
             conn.execute(
-                insert(instances).values(
+                _INSERT_INSTANCE,
+                {
                     **_row(stored, version),
-                    transfer_id=transfer_id,
-                    transfer_audited=transfer_id is None,
-                )
+                    "transfer_id": transfer_id,
+                    "transfer_audited": transfer_id is None,
+                },
             )
             if header.attributes:
                 conn.execute(
-                    insert(instance_attributes).values(
-                        sop_instance_uid=header.sop_instance_uid,
-                        version=version,
-                        study_instance_uid=header.study_instance_uid,
-                        series_instance_uid=header.series_instance_uid,
-                        sop_class_uid=header.sop_class_uid,
+                    _INSERT_ATTRIBUTES,
+                    {
                         **header.attributes,
-                    )
+                        "sop_instance_uid": header.sop_instance_uid,
+                        "version": version,
+                        "study_instance_uid": header.study_instance_uid,
+                        "series_instance_uid": header.series_instance_uid,
+                        "sop_class_uid": header.sop_class_uid,
+                    },
                 )
             new_in_study = not any(
                 r["study_instance_uid"] == header.study_instance_uid for r in earlier
@@ -268,14 +367,7 @@ class InstanceRecorder:
     def _upsert_study(
         self, conn: Connection, header: ParsedHeader, now: datetime, new_in_study: bool
     ) -> str:
-        existing = conn.execute(
-            select(
-                studies.c.state,
-                studies.c.modality,
-                studies.c.complete_by,
-                studies.c.expected_instances,
-            ).where(studies.c.study_instance_uid == header.study_instance_uid)
-        ).first()
+        existing = conn.execute(_STUDY, {"study_uid": header.study_instance_uid}).first()
         quiet = self._settings.assembly.quiet_period(header.modality)
         if existing is not None and existing.modality:
             # A study of mixed modalities waits as long as its slowest modality asks for.
@@ -285,61 +377,32 @@ class InstanceRecorder:
         if receiving_now and existing is not None and existing.complete_by is not None:
             # Never past the maximum wait of the study being received.
             due = min(due, existing.complete_by)
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(studies).values(
-            study_instance_uid=header.study_instance_uid,
-            patient_id=header.patient_id,
-            patient_name=header.patient_name,
-            accession_number=header.accession_number,
-            encounter_id=header.encounter_id,
-            modality=header.modality,
-            state=StudyState.RECEIVING.value,
-            instance_count=1,
-            first_received_at=now,
-            last_received_at=now,
-            stable_due_at=due,
-            lease_owner=None,
-            lease_until=None,
-            score_generation=0,
-            updated_at=now,
-            expected_instances=header.expected_instances,
-            complete_by=now + timedelta(seconds=self._settings.assembly.max_wait_seconds),
-            claim_attempts=0,
-        )
-        excluded = stmt.excluded
-        receiving = studies.c.state == StudyState.RECEIVING.value
-        keep_first = {
-            name: case((studies.c[name] == "", excluded[name]), else_=studies.c[name])
-            for name in (
-                "patient_id",
-                "patient_name",
-                "accession_number",
-                "encounter_id",
-                "modality",
-            )
-        }
-        # Any new instance (re-)opens the study: a scored study is scored again, and a study being
-        # scored loses its lease so the scoring step's result for the older content is discarded.
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[studies.c.study_instance_uid],
-            set_={
-                **keep_first,
+        upsert = _UPSERT_STUDY["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+        conn.execute(
+            upsert,
+            {
+                "study_instance_uid": header.study_instance_uid,
+                "patient_id": header.patient_id,
+                "patient_name": header.patient_name,
+                "accession_number": header.accession_number,
+                "encounter_id": header.encounter_id,
+                "modality": header.modality,
                 "state": StudyState.RECEIVING.value,
-                "instance_count": studies.c.instance_count + (1 if new_in_study else 0),
+                "instance_count": 1,
+                "first_received_at": now,
                 "last_received_at": now,
                 "stable_due_at": due,
                 "lease_owner": None,
                 "lease_until": None,
+                "score_generation": 0,
                 "updated_at": now,
-                "expected_instances": func.coalesce(
-                    excluded.expected_instances, studies.c.expected_instances
-                ),
-                # A re-opened study gets a fresh maximum wait; a receiving one keeps its own.
-                "complete_by": case((receiving, studies.c.complete_by), else_=excluded.complete_by),
+                "expected_instances": header.expected_instances,
+                "complete_by": now + timedelta(seconds=self._settings.assembly.max_wait_seconds),
                 "claim_attempts": 0,
+                # On conflict the study counts the instance only if it is new to the study.
+                "added": 1 if new_in_study else 0,
             },
         )
-        conn.execute(stmt)
         if header.expected_instances is not None or (
             existing is not None and existing.expected_instances is not None
         ):
@@ -350,15 +413,7 @@ class InstanceRecorder:
     def _complete_on_count(conn: Connection, study_uid: str, now: datetime) -> None:
         """Expected count reached → stable now. Runs after the upsert, on the row this
         transaction has locked, so concurrent associations of one study count exactly."""
-        conn.execute(
-            update(studies)
-            .where(
-                studies.c.study_instance_uid == study_uid,
-                studies.c.expected_instances.is_not(None),
-                studies.c.instance_count >= studies.c.expected_instances,
-            )
-            .values(stable_due_at=now)
-        )
+        conn.execute(_COMPLETE_ON_COUNT, {"study_uid": study_uid, "now": now})
 
     @staticmethod
     def _stored_event(
