@@ -29,6 +29,14 @@ STORAGE_SOP_CLASSES = MappingProxyType(
 )
 
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+# Transfer syntaxes of a C-ECHO (it has no data set: any of the uncompressed ones will do).
+VERIFICATION_TRANSFER_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+)
+
+# The gateway's Implementation Class UID (a UUID-derived UID, PS3.5 B.2) and version name.
+IMPLEMENTATION_CLASS_UID = "2.25.187428799574295362799774671661723389911"
+IMPLEMENTATION_VERSION_NAME = "HITLGW_0_1"
 
 # Transfer syntaxes accepted as proposed; instances are stored unchanged (PS3.5 Annex A).
 TRANSFER_SYNTAXES = MappingProxyType(

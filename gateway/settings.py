@@ -55,6 +55,12 @@ class DicomSettings:
             "an idle TCP connection holds an association slot until then."
         ),
     )
+    idle_timeout_seconds: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Seconds an established association may stay silent before it is aborted (0 = never)."
+        ),
+    )
     tls_certificate: str = field(
         default="",
         metadata=_doc("PEM certificate of the SCP; set with tls_private_key for DICOM TLS."),

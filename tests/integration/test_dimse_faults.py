@@ -23,7 +23,9 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config, build_context
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from sqlalchemy import Engine, select
 
 from gateway.audit.trail import ensure_head
@@ -350,7 +352,108 @@ def test_a_bare_tcp_probe_gives_its_association_slot_back(
 
     _wait(echo, timeout=5)  # the fixture's own readiness probe has given its slot back
     with socket.create_connection((HOST, gw.port)):
-        pass  # a load balancer's health check: connect, never associate
-    assert not echo()  # the probe holds the only slot...
-    # ...until the ARTIM bound; pynetdicom's default would keep it for 30 s.
-    _wait(echo, timeout=5)
+        pass  # a load balancer's health check: connect, close at once, never associate
+    _wait(echo, timeout=2)  # ...gives its slot back as soon as it closes
+    with socket.create_connection((HOST, gw.port)) as silent:
+        time.sleep(0.1)
+        assert not echo()  # a connection that stays silent holds the only slot...
+        # ...until the ARTIM bound (0.5 s here), then it is closed and the slot is free.
+        _wait(echo, timeout=5)
+        assert silent.recv(1) == b""
+
+
+def _raw_associate(port: int, *contexts: tuple[str, str]) -> tuple[socket.socket, bytes]:
+    """Associate over a plain socket with pynetdicom's encoder; returns it and the answer PDU."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = "RAWSCU", AE_TITLE
+    proposed = [build_context(s, t) for s, t in contexts]
+    for n, context in enumerate(proposed):
+        context.context_id = 2 * n + 1
+    primitive.presentation_context_definition_list = proposed
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    primitive.user_information = [length]
+    rq = A_ASSOCIATE_RQ()
+    rq.from_primitive(primitive)
+    sock = socket.create_connection((HOST, port), timeout=5)
+    sock.sendall(rq.encode())
+    return sock, _read_pdu(sock)
+
+
+def _read_pdu(sock: socket.socket) -> bytes:
+    head = b""
+    while len(head) < 6:
+        chunk = sock.recv(6 - len(head))
+        if not chunk:
+            return head
+        head += chunk
+    body = b""
+    length = int.from_bytes(head[2:6], "big")
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return head + body
+
+
+def _command_pdu(context_id: int, command_field: int, sop_class: str) -> bytes:
+    command = pydicom.Dataset()
+    command.CommandGroupLength = 0
+    command.AffectedSOPClassUID = sop_class
+    command.CommandField = command_field
+    command.MessageID = 5
+    command.CommandDataSetType = 0x0101
+    raw = encode(command, True, True)
+    assert raw is not None
+    pdv = (len(raw) + 2).to_bytes(4, "big") + bytes((context_id, 0x03)) + raw
+    return b"\x04\x00" + len(pdv).to_bytes(4, "big") + pdv
+
+
+def test_protocol_violations_are_aborted_and_the_listener_keeps_serving(
+    start_listener: Callable[..., Listener],
+) -> None:
+    gw = start_listener()
+    # Not a DICOM PDU at all (a stray HTTP request): answered with an A-ABORT, then closed.
+    with socket.create_connection((HOST, gw.port), timeout=5) as stray:
+        stray.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_pdu(stray)[:1] == b"\x07"
+        assert stray.recv(1) == b""
+    # A message on a presentation context that was never accepted.
+    sock, answer = _raw_associate(gw.port, (DX, ExplicitVRLittleEndian))
+    with sock:
+        assert answer[:1] == b"\x02"  # A-ASSOCIATE-AC
+        sock.sendall(_command_pdu(99, 0x0030, "1.2.840.10008.1.1"))
+        assert _read_pdu(sock)[:1] == b"\x07"
+    assert _dcmtk("echoscu", "-aec", AE_TITLE, HOST, str(gw.port)).returncode == 0
+    assert gw.rows() == []
+
+
+def test_an_operation_the_scp_does_not_offer_gets_0211(
+    start_listener: Callable[..., Listener],
+) -> None:
+    gw = start_listener()
+    sock, answer = _raw_associate(gw.port, ("1.2.840.10008.1.1", "1.2.840.10008.1.2"))
+    with sock:
+        assert answer[:1] == b"\x02"
+        sock.sendall(_command_pdu(1, 0x0020, "1.2.840.10008.1.1"))  # a C-FIND-RQ
+        reply = _read_pdu(sock)
+        assert reply[:1] == b"\x04"
+        response = decode(io.BytesIO(reply[12:]), True, True)
+        assert (response.CommandField, response.Status) == (0x8020, 0x0211)
+        assert response.MessageIDBeingRespondedTo == 5
+        sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
+        assert _read_pdu(sock)[:1] == b"\x06"  # A-RELEASE-RP
+
+
+def test_a_silent_association_is_closed_after_the_idle_timeout(
+    start_listener: Callable[..., Listener],
+) -> None:
+    gw = start_listener(idle_timeout_seconds=0.5)
+    sock, answer = _raw_associate(gw.port, (DX, ExplicitVRLittleEndian))
+    with sock:
+        assert answer[:1] == b"\x02"
+        started = time.monotonic()
+        assert _read_pdu(sock)[:1] in (b"", b"\x07")
+        assert 0.3 < time.monotonic() - started < 5

@@ -20,8 +20,10 @@ from pynetdicom import AE, _config
 from sqlalchemy import Engine, select
 
 from gateway.audit.trail import ensure_head
+from gateway.dicom_services import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.ingest import InstanceRecorder, parse_header
-from gateway.listeners.dimse import DimseListener, part10_file
+from gateway.listeners.dicom_pdu import encode_part10_header
+from gateway.listeners.dimse import DimseListener
 from gateway.persistence.db import make_engine
 from gateway.persistence.tables import audit_log, instances, metadata, studies
 from gateway.settings import DicomSettings, Settings, StorageSettings
@@ -193,14 +195,25 @@ def test_a_calling_ae_outside_the_allowlist_is_rejected_and_audited(gateway: Gat
     assert any("INTRUDER" in text and "not allowed" in text for text in audit)
 
 
-def test_a_bare_data_set_is_wrapped_as_part10_with_its_bytes_unchanged(tmp_path: Path) -> None:
+def test_a_received_data_set_is_wrapped_as_part10_with_its_bytes_unchanged(
+    tmp_path: Path,
+) -> None:
     source = _dx_file(tmp_path / "dx.dcm").read_bytes()
-    bare = tmp_path / "bare.dcm"
-    bare.write_bytes(_data_set_bytes(source))
-    file_meta = pydicom.dcmread(tmp_path / "dx.dcm").file_meta
-    with part10_file(bare, file_meta) as wrapped:
-        assert _data_set_bytes(wrapped.read_bytes()) == _data_set_bytes(source)
-        assert parse_header(wrapped).sop_class_uid == DX_SOP_CLASS
-    assert not wrapped.exists()
-    with part10_file(tmp_path / "dx.dcm", file_meta) as same:
-        assert same == tmp_path / "dx.dcm"
+    meta = pydicom.dcmread(tmp_path / "dx.dcm").file_meta
+    wrapped = tmp_path / "wrapped.dcm"
+    wrapped.write_bytes(
+        encode_part10_header(
+            str(meta.MediaStorageSOPClassUID),
+            str(meta.MediaStorageSOPInstanceUID),
+            str(meta.TransferSyntaxUID),
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version=IMPLEMENTATION_VERSION_NAME,
+            source_ae="STORESCU",
+        )
+        + _data_set_bytes(source)
+    )
+    assert _data_set_bytes(wrapped.read_bytes()) == _data_set_bytes(source)
+    assert parse_header(wrapped).sop_class_uid == DX_SOP_CLASS
+    read = pydicom.dcmread(wrapped)
+    assert read.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert read.file_meta.SourceApplicationEntityTitle == "STORESCU"
