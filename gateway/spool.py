@@ -26,6 +26,8 @@ CHUNK_BYTES = 1024 * 1024
 MIN_FREE_BYTES = 64 * 1024 * 1024
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+# Study directories remembered as existing; forgotten all at once past this many.
+KNOWN_DIRECTORIES = 4096
 
 
 class SpooledFile(NamedTuple):
@@ -61,7 +63,9 @@ def _fsync_dir(path: Path) -> None:
 
 def _spool_usage(root: Path) -> int:
     total = 0
-    for dirpath, _dirs, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        # Files being received (".incoming") are counted by their reservation, not twice.
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
             try:
                 total += os.stat(os.path.join(dirpath, name)).st_size
@@ -82,6 +86,8 @@ class Spool:
         self._lock = threading.Lock()
         self._used: int | None = None  # bytes under root, measured on first use
         self._reserved = 0  # bytes of writes in progress
+        self._device: int | None = None  # the root's file system, once the root exists
+        self._directories: set[Path] = set()  # study directories created or seen before
 
     def path_for(self, study_uid: str, sop_uid: str, version: int) -> Path:
         """The final path of one version of an instance."""
@@ -105,16 +111,18 @@ class Spool:
         final = self.path_for(study_uid, sop_uid, version)
         if final.exists():
             raise SpoolCollisionError(f"{final.name} already exists")
+        source_stat = source.stat() if isinstance(source, Path) else None
         expected = len(source) if isinstance(source, bytes) else 0
-        if isinstance(source, Path):
-            expected = source.stat().st_size
-        self.root.mkdir(parents=True, exist_ok=True)
+        if source_stat is not None:
+            expected = source_stat.st_size
+        device = self._root_device()
         if shutil.disk_usage(self.root).free < expected + self.min_free_bytes:
             raise OutOfResources("spool volume is nearly full")
         self._reserve(expected)
         reservation = [expected]
         try:
-            if adopt and isinstance(source, Path) and _same_device(source, self.root):
+            same_volume = source_stat is not None and source_stat.st_dev == device
+            if adopt and isinstance(source, Path) and same_volume:
                 spooled = self._adopt(source, final, hash_from)
             else:
                 spooled = self._write(source, final, reservation, hash_from)
@@ -129,22 +137,51 @@ class Spool:
         self._settle(reservation[0], spooled.size)
         return spooled
 
-    def _adopt(self, source: Path, final: Path, hash_from: int) -> SpooledFile:
-        directory = final.parent
+    def _root_device(self) -> int:
+        if self._device is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._device = self.root.stat().st_dev
+        return self._device
+
+    def _directory(self, directory: Path) -> None:
+        """Ensure the study directory exists, its name durable in the root, asking once."""
+        if directory in self._directories:
+            return
         if not directory.exists():
             directory.mkdir(parents=True, exist_ok=True)
             _fsync_dir(directory.parent)
+        if len(self._directories) >= KNOWN_DIRECTORIES:
+            self._directories.clear()
+        self._directories.add(directory)
+
+    def _forget(self, directory: Path) -> None:
+        # A remembered directory was removed behind the spool's back: ask the disk again.
+        self._directories.discard(directory)
+        self._device = None
+        self._root_device()
+
+    def _adopt(self, source: Path, final: Path, hash_from: int) -> SpooledFile:
+        directory = final.parent
+        self._directory(directory)
         digest = hashlib.sha256()
         size = 0
         with source.open("rb") as fh:
             while chunk := fh.read(CHUNK_BYTES):
                 start = size
                 size += len(chunk)
-                digest.update(chunk[max(0, hash_from - start) :] if start < hash_from else chunk)
+                # A view, not a slice: the data set is hashed without copying the chunk.
+                digest.update(memoryview(chunk)[max(0, hash_from - start) :])
             # The received bytes reach the disk before any name in the spool refers to them.
             os.fsync(fh.fileno())
         try:
-            os.link(source, final)
+            try:
+                os.link(source, final)
+            except FileNotFoundError:
+                if not source.exists():
+                    raise
+                self._forget(directory)
+                self._directory(directory)
+                os.link(source, final)
         except FileExistsError as exc:
             raise SpoolCollisionError(f"{final.name} already exists") from exc
         _fsync_dir(directory)
@@ -183,15 +220,18 @@ class Spool:
         self, source: Path | bytes | BinaryIO, final: Path, reservation: list[int], hash_from: int
     ) -> SpooledFile:
         directory = final.parent
-        if not directory.exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(directory.parent)
+        self._directory(directory)
         digest = hashlib.sha256()
         size = 0
         try:
             # Exclusive creation never replaces an existing name: two writers of the same
             # version cannot overwrite each other's bytes.
-            out = final.open("xb")
+            try:
+                out = final.open("xb")
+            except FileNotFoundError:
+                self._forget(directory)
+                self._directory(directory)
+                out = final.open("xb")
         except FileExistsError as exc:
             raise SpoolCollisionError(f"{final.name} already exists") from exc
         try:
@@ -203,9 +243,7 @@ class Spool:
                         # A stream of unknown length grows its reservation as it is written.
                         self._reserve(size - reservation[0])
                         reservation[0] = size
-                    digest.update(
-                        chunk[max(0, hash_from - start) :] if start < hash_from else chunk
-                    )
+                    digest.update(memoryview(chunk)[max(0, hash_from - start) :])
                     out.write(chunk)
                 out.flush()
                 # The file's fsync also commits its directory entry on journalling file
@@ -216,13 +254,6 @@ class Spool:
             raise
         _fsync_dir(directory)
         return SpooledFile(final, size, digest.hexdigest())
-
-
-def _same_device(path: Path, root: Path) -> bool:
-    try:
-        return path.stat().st_dev == root.stat().st_dev
-    except OSError:
-        return False
 
 
 def _chunks(source: Path | bytes | BinaryIO) -> Iterator[bytes]:
