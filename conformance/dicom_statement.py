@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from gateway.dicom_services import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
     STATUS_MEANINGS,
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -50,7 +52,14 @@ instances are kept byte for byte in the transfer syntax they arrived in.
 - ARTIM: a connection that does not request (or release) an association within
   `dicom.acse_timeout_seconds` (default 10 s) is closed.
 - Maximum PDU length offered: `dicom.max_pdu` (default 131072 bytes).
-- Asynchronous operations are not negotiated (one outstanding operation per association).
+- An association silent for `dicom.idle_timeout_seconds` (default 60 s) is aborted.
+- Implementation Class UID `{implementation_uid}`, Implementation Version Name
+  `{implementation_version}`.
+- Asynchronous operations, SCP/SCU role selection and extended negotiation are not negotiated
+  (one outstanding operation per association; the requestor is the SCU). A DIMSE operation other
+  than C-STORE and C-ECHO is answered with `0x0211`; a PDU that breaks PS3.8 with an A-ABORT.
+- Verification is accepted with Implicit VR Little Endian, Explicit VR Little Endian and
+  Explicit VR Big Endian.
 - Transport: TCP/IP; DICOM TLS (PS3.15 B.1, TLS 1.2 or later) when `dicom.tls_certificate` and
   `dicom.tls_private_key` are set, with client certificates required when
   `dicom.tls_ca_certificates` is set.
@@ -139,8 +148,11 @@ def render() -> str:
         for name, value in vars(FailureReason).items()
         if name.isupper()
     ]
+    intro = _INTRO.replace("{implementation_uid}", IMPLEMENTATION_CLASS_UID).replace(
+        "{implementation_version}", IMPLEMENTATION_VERSION_NAME
+    )
     return (
-        _INTRO
+        intro
         + "#### SOP Classes\n\n"
         + _table(("SOP Class", "UID"), sop_rows)
         + "\n#### Transfer syntaxes\n\n"

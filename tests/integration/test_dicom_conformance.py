@@ -54,6 +54,9 @@ def test_the_running_scp_accepts_exactly_what_the_statement_lists(
         ae.requested_contexts = [build_context(s, t) for s, t in offered[start : start + 120]]
         assoc = ae.associate(HOST, gw.port, ae_title=AE_TITLE)
         assert assoc.is_established
+        # The statement names the implementation the acceptor announces.
+        assert f"`{assoc.acceptor.implementation_class_uid}`" in text
+        assert f"`{assoc.acceptor.implementation_version_name}`" in text
         accepted |= {
             (str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts
         }
