@@ -13,7 +13,7 @@ from typing import Any
 
 import pydicom
 
-from gateway.dicom_index import index_attributes
+from gateway.dicom_index import DecodedDataSet, index_attributes
 from gateway.domain.errors import InvalidInput
 
 
@@ -38,7 +38,7 @@ class ParsedHeader:
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str:
+def _text(ds: DecodedDataSet, keyword: str, limit: int) -> str:
     value = ds.get(keyword)
     return "" if value is None else str(value).strip()[:limit]
 
@@ -46,15 +46,17 @@ def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str:
 def parse_header(path: Path) -> ParsedHeader:
     """Read the header of a DICOM Part 10 file; raises InvalidInput when it cannot be understood."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
-        # pydicom decodes values on access, so every value is read inside this guard.
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+        # pydicom decodes values on access, so every value is read inside this guard; each
+        # element is decoded once, for the header and the index alike.
+        ds = DecodedDataSet(dataset)
         uids = {k: _text(ds, k, 200) for k in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID")}
         header = ParsedHeader(
             sop_instance_uid=uids["SOPInstanceUID"],
             sop_class_uid=uids["SOPClassUID"],
             study_instance_uid=uids["StudyInstanceUID"],
             series_instance_uid=_text(ds, "SeriesInstanceUID", 64),
-            transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")).strip(),
+            transfer_syntax_uid=str(dataset.file_meta.get("TransferSyntaxUID", "")).strip(),
             modality=_text(ds, "Modality", 16).upper(),
             patient_id=_text(ds, "PatientID", 64),
             patient_name=_text(ds, "PatientName", 200),
@@ -62,7 +64,7 @@ def parse_header(path: Path) -> ParsedHeader:
             encounter_id=_text(ds, "AdmissionID", 64),
             body_part_examined=_text(ds, "BodyPartExamined", 64),
             expected_instances=_count(ds.get("NumberOfStudyRelatedInstances")),
-            attributes=index_attributes(ds),
+            attributes=index_attributes(dataset, ds),
         )
     except OSError:
         raise
