@@ -1,0 +1,106 @@
+"""Version numbers of a received instance when names in the spool are taken or freed again.
+
+A first receipt is spooled as version 1 without asking the database; the transaction checks the
+choice. Every test runs on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+from sqlalchemy import Engine, select
+
+from gateway.audit.trail import ensure_head
+from gateway.ingest import Disposition, InstanceRecorder, parse_header
+from gateway.persistence.db import make_engine
+from gateway.persistence.tables import instance_attributes, instances, metadata
+from gateway.settings import Settings
+from gateway.spool import Spool
+from tests.unit.test_assembly import write_dicom
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """The gateway's tables and an empty audit chain."""
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        ensure_head(conn)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def recorder(engine: Engine, tmp_path: Path) -> InstanceRecorder:
+    """A recorder spooling under the test's directory."""
+    return InstanceRecorder(engine, Spool(tmp_path / "spool"), Settings())
+
+
+def _rows(engine: Engine, sop: str) -> list[tuple[int, str]]:
+    with engine.connect() as conn:
+        query = select(instances.c.version, instances.c.path).where(
+            instances.c.sop_instance_uid == sop
+        )
+        return sorted((r.version, r.path) for r in conn.execute(query))
+
+
+def _record(recorder: InstanceRecorder, path: Path) -> tuple[Disposition, int]:
+    outcome = recorder.record(path, parse_header(path), "MODALITY", transfer_id="t:1")
+    return outcome.disposition, outcome.version
+
+
+def test_an_orphan_of_a_crash_is_skipped(
+    engine: Engine, recorder: InstanceRecorder, tmp_path: Path
+) -> None:
+    study, sop = generate_uid(), generate_uid()
+    orphan = tmp_path / "spool" / study / f"{sop}.1.dcm"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"partial")
+    path = write_dicom(tmp_path / "a.dcm", study, sop_uid=sop)
+    assert _record(recorder, path) == (Disposition.STORED, 2)
+    assert _record(recorder, path) == (Disposition.DUPLICATE, 2)
+    assert [v for v, _ in _rows(engine, sop)] == [2]
+    assert sorted(p.name for p in orphan.parent.iterdir()) == [f"{sop}.1.dcm", f"{sop}.2.dcm"]
+
+
+def test_a_freed_name_below_the_latest_version_is_not_reused(
+    engine: Engine, recorder: InstanceRecorder, tmp_path: Path
+) -> None:
+    study, sop = generate_uid(), generate_uid()
+    orphan = tmp_path / "spool" / study / f"{sop}.1.dcm"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"partial")
+    first = write_dicom(tmp_path / "a.dcm", study, sop_uid=sop)
+    assert _record(recorder, first) == (Disposition.STORED, 2)
+    orphan.unlink()  # the reaper removed the orphan: version 1's name is free again
+    assert _record(recorder, first) == (Disposition.DUPLICATE, 2)
+    changed = write_dicom(tmp_path / "b.dcm", study, sop_uid=sop, pixel_seed=1)
+    assert _record(recorder, changed) == (Disposition.NEW_VERSION, 3)
+    rows = _rows(engine, sop)
+    assert [v for v, _ in rows] == [2, 3]
+    # Only the recorded versions remain in the spool, each where its row says.
+    assert sorted(p.name for p in orphan.parent.iterdir()) == [f"{sop}.2.dcm", f"{sop}.3.dcm"]
+    assert all(Path(p).is_file() for _, p in rows)
+    with engine.connect() as conn:
+        indexed = conn.execute(
+            select(instance_attributes.c.version).where(
+                instance_attributes.c.sop_instance_uid == sop
+            )
+        ).scalars()
+        assert sorted(indexed) == [2, 3]
+
+
+def test_many_versions_go_on_above_the_latest(
+    engine: Engine, recorder: InstanceRecorder, tmp_path: Path
+) -> None:
+    study, sop = generate_uid(), generate_uid()
+    for seed in range(25):
+        path = write_dicom(tmp_path / f"{seed}.dcm", study, sop_uid=sop, pixel_seed=seed)
+        expected = Disposition.STORED if seed == 0 else Disposition.NEW_VERSION
+        assert _record(recorder, path) == (expected, seed + 1)
+    assert _record(recorder, tmp_path / "3.dcm") == (Disposition.DUPLICATE, 4)
