@@ -14,19 +14,24 @@ import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 from aiohttp.helpers import parse_mimetype
 
 from gateway.dicom_services import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from gateway.domain.errors import InvalidInput, OutOfResources
 from gateway.ingest import IngestOutcome, InstanceRecorder, ParsedHeader, parse_header
+from gateway.listeners.multipart_stream import (
+    MultipartError,
+    MultipartSplitter,
+    PartData,
+    PartStart,
+)
 from gateway.transfer_audit import TransferTally, audit_transfer
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1024 * 1024
 # Parts recorded concurrently within one request.
 PARTS_IN_FLIGHT = 4
 STOW_SENDER = "STOW-RS"
@@ -62,6 +67,29 @@ class TooLarge(Exception):
     """The request or one instance exceeds the configured limit (413)."""
 
 
+@dataclass(slots=True)
+class _IncomingPart:
+    """A part being written to its file beside the spool."""
+
+    path: Path
+    out: BinaryIO
+    size: int = 0
+
+    @classmethod
+    def open(cls, incoming: Path) -> _IncomingPart:
+        incoming.mkdir(parents=True, exist_ok=True)
+        path = incoming / f".stow-{secrets.token_hex(8)}.part"
+        return cls(path, open(path, "xb", buffering=0))
+
+    def close(self) -> Path:
+        self.out.close()
+        return self.path
+
+    def discard(self) -> None:
+        self.out.close()
+        self.path.unlink(missing_ok=True)
+
+
 class StowRequest:
     """One Store Instances transaction: parts in, Store Instances Response out."""
 
@@ -95,26 +123,53 @@ class StowRequest:
         """
         slots = asyncio.Semaphore(PARTS_IN_FLIGHT)
         ordered: list[PartResult | asyncio.Task[PartResult]] = []
+        boundary = parse_mimetype(request.headers.get("Content-Type", "")).parameters.get(
+            "boundary", ""
+        )
+        splitter = MultipartSplitter(boundary.strip('"'))
+        part: _IncomingPart | None = None
+        skipping = False
         try:
-            reader = await request.multipart()
-            while True:
-                part = await reader.next()
-                if part is None:
-                    return
-                if not isinstance(part, BodyPartReader):
-                    raise ValueError("nested multipart bodies are not accepted")
-                media = parse_mimetype(part.headers.get("Content-Type", "application/dicom"))
-                if (media.type, media.subtype) != ("application", "dicom"):
-                    await part.release()
-                    ordered.append(PartResult("", "", FailureReason.CANNOT_UNDERSTAND))
-                    continue
-                path = await self._receive(part)
-                await slots.acquire()
-                ordered.append(asyncio.create_task(self._record(path, request.remote, slots)))
+            async for data in request.content.iter_any():
+                for event in splitter.feed(data):
+                    if isinstance(event, PartData):
+                        if part is not None:
+                            self._count(len(event.data), part)
+                            part.out.write(event.data)
+                    elif isinstance(event, PartStart):
+                        media = parse_mimetype(
+                            event.headers.get("content-type", "application/dicom")
+                        )
+                        if media.type == "multipart":
+                            raise ValueError("nested multipart bodies are not accepted")
+                        skipping = (media.type, media.subtype) != ("application", "dicom")
+                        if skipping:
+                            ordered.append(PartResult("", "", FailureReason.CANNOT_UNDERSTAND))
+                        else:
+                            part = _IncomingPart.open(self._incoming)
+                    elif part is not None:  # PartEnd of an application/dicom part
+                        path = part.close()
+                        part = None
+                        await slots.acquire()
+                        task = asyncio.create_task(self._record(path, request.remote, slots))
+                        ordered.append(task)
+                if splitter.done:
+                    break
+            splitter.close()
+        except MultipartError as exc:
+            raise ValueError(str(exc)) from exc
         finally:
+            if part is not None:
+                part.discard()
             # Whatever ended the request, every part already received is recorded and reported.
             for item in ordered:
                 self.results.append(await item if isinstance(item, asyncio.Task) else item)
+
+    def _count(self, nbytes: int, part: _IncomingPart) -> None:
+        part.size += nbytes
+        self._received += nbytes
+        if part.size > self._max_instance or self._received > self._max_request:
+            raise TooLarge("the instance or the request exceeds the size limit")
 
     async def _record(self, path: Path, peer: str | None, slots: asyncio.Semaphore) -> PartResult:
         try:
@@ -127,23 +182,6 @@ class StowRequest:
             return self._store(path, peer)
         finally:
             path.unlink(missing_ok=True)
-
-    async def _receive(self, part: BodyPartReader) -> Path:
-        self._incoming.mkdir(parents=True, exist_ok=True)
-        path = self._incoming / f".stow-{secrets.token_hex(8)}.part"
-        size = 0
-        try:
-            with path.open("xb") as out:
-                while chunk := await part.read_chunk(CHUNK):
-                    size += len(chunk)
-                    self._received += len(chunk)
-                    if size > self._max_instance or self._received > self._max_request:
-                        raise TooLarge("the instance or the request exceeds the size limit")
-                    out.write(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path
 
     def _store(self, path: Path, peer: str | None) -> PartResult:
         try:
