@@ -116,7 +116,15 @@ class Spool:
         if source_stat is not None:
             expected = source_stat.st_size
         device = self._root_device()
-        if shutil.disk_usage(self.root).free < expected + self.min_free_bytes:
+        try:
+            free = shutil.disk_usage(self.root).free
+        except FileNotFoundError:
+            # The root was removed behind the spool's back: made again, as on first use.
+            self._device = None
+            self._directories.clear()
+            device = self._root_device()
+            free = shutil.disk_usage(self.root).free
+        if free < expected + self.min_free_bytes:
             raise OutOfResources("spool volume is nearly full")
         self._reserve(expected)
         reservation = [expected]

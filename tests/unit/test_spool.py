@@ -6,6 +6,7 @@ import errno
 import hashlib
 import io
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,16 @@ def test_an_owned_file_on_the_same_volume_is_linked_not_copied(
     assert spooled.path.read_bytes() == b"meta" + b"data" * 1000
     copied = Spool(tmp_path / "spool").store_file(spooled.path, STUDY, SOP, 2)
     assert copied.path.stat().st_ino != spooled.path.stat().st_ino
+
+
+def test_directories_removed_behind_the_spools_back_are_made_again(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    first = spool.store_file(b"a" * 10, STUDY, SOP, 1)
+    shutil.rmtree(first.path.parent)  # the study directory, remembered as existing
+    source = tmp_path / "spool" / "received.dcm"
+    source.write_bytes(b"b" * 10)
+    adopted = spool.store_file(source, STUDY, SOP, 2, adopt=True)
+    assert adopted.path.read_bytes() == b"b" * 10
+    shutil.rmtree(tmp_path / "spool")  # the whole root
+    again = spool.store_file(b"c" * 10, STUDY, SOP, 3)
+    assert again.path.read_bytes() == b"c" * 10
