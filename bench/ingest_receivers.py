@@ -84,6 +84,7 @@ class TreeMeter:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._cpu_start = 0.0
         self._live_children: dict[int, float] = {}
+        self._children_start: dict[int, float] = {}
         self.cpu_seconds = 0.0
 
     def _tree_cpu(self) -> float:
@@ -100,6 +101,9 @@ class TreeMeter:
 
     def __enter__(self) -> TreeMeter:
         self._cpu_start = _cpu_seconds(self.pid, with_reaped=True)
+        # Children alive now (the gateway's inference workers) count from here, not from their
+        # own start-up.
+        self._children_start = {c: _cpu_seconds(c, with_reaped=True) for c in _children(self.pid)}
         self._thread.start()
         return self
 
@@ -108,7 +112,10 @@ class TreeMeter:
         self._thread.join()
         # Forked children that exited were reaped into cutime/cstime; live ones are added.
         now = _cpu_seconds(self.pid, with_reaped=True)
-        live = sum(_cpu_seconds(c, with_reaped=True) for c in _children(self.pid))
+        live = sum(
+            _cpu_seconds(c, with_reaped=True) - self._children_start.get(c, 0.0)
+            for c in _children(self.pid)
+        )
         self.cpu_seconds = now + live - self._cpu_start
 
 

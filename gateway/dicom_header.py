@@ -6,6 +6,7 @@ edge answers with 0xC000 and STOW-RS with FailureReason 0xC000.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,3 +99,45 @@ def data_set_offset(path: Path) -> int:
     if len(head) == 144 and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
         return 144 + int.from_bytes(head[140:144], "little")
     return 0
+
+
+class DataSetDigest:
+    """SHA-256 of a Part 10 file's data set (what `data_set_offset` skips), fed as it arrives.
+
+    Lets a receiver hash the bytes while writing them, so the spool need not read them back.
+    """
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._head = bytearray()  # the first 144 bytes, until the data set offset is known
+        self._offset: int | None = None
+        self.size = 0
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Take the next bytes of the file."""
+        view = memoryview(chunk)
+        start = self.size
+        self.size += len(view)
+        if self._offset is None:
+            self._head += view[: max(0, 144 - start)]
+            if len(self._head) < 144:
+                return
+            head = bytes(self._head)
+            self._offset = (
+                144 + int.from_bytes(head[140:144], "little")
+                if head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL"
+                else 0
+            )
+            # Bytes fed before the offset was known and beyond it are hashed now.
+            self._digest.update(head[self._offset :])
+            skip = max(self._offset, 144) - start
+        else:
+            skip = self._offset - start
+        if skip < len(view):
+            self._digest.update(view[max(0, skip) :])
+
+    def hexdigest(self) -> str:
+        """The digest; a file shorter than 144 bytes is hashed whole (offset 0)."""
+        if self._offset is None:
+            return hashlib.sha256(self._head).hexdigest()
+        return self._digest.hexdigest()

@@ -196,17 +196,21 @@ class InstanceRecorder:
         peer_address: str = "",
         transfer_id: str | None = None,
         adopt: bool = False,
+        data_set_sha256: str | None = None,
     ) -> IngestOutcome:
         """Spool and record one received instance (the file at `path` is copied, or linked with
-        `adopt` when the caller owns it and it lies on the spool's file system).
+        `adopt` when the caller owns it and it lies on the spool's file system; a receiver that
+        hashed the data set while writing it passes `data_set_sha256`).
 
         With a `transfer_id` the instance is audited by its association's or request's DICOM
         Instances Transferred summary (gateway.transfer_audit); without one, by its own record.
         """
-        hash_from = data_set_offset(path)
+        hash_from = 0 if data_set_sha256 else data_set_offset(path)
         version = 1
         for _ in range(MAX_VERSION_ATTEMPTS):
-            version, spooled = self._spool_next_version(path, header, version, hash_from, adopt)
+            version, spooled = self._spool_next_version(
+                path, header, version, hash_from, adopt, data_set_sha256
+            )
             result = self._commit(spooled, version, header, calling_ae, peer_address, transfer_id)
             if isinstance(result, _Superseded):
                 # A version at or above this one is recorded already (its name was free in the
@@ -244,7 +248,13 @@ class InstanceRecorder:
             )
 
     def _spool_next_version(
-        self, path: Path, header: ParsedHeader, version: int, hash_from: int, adopt: bool
+        self,
+        path: Path,
+        header: ParsedHeader,
+        version: int,
+        hash_from: int,
+        adopt: bool,
+        sha256: str | None,
     ) -> tuple[int, SpooledFile]:
         # A first receipt is spooled as version 1 without asking the database; the transaction
         # checks the choice against the versions recorded (see _commit_in). A name already
@@ -259,6 +269,7 @@ class InstanceRecorder:
                     version,
                     hash_from=hash_from,
                     adopt=adopt,
+                    sha256=sha256,
                 )
             except SpoolCollisionError:
                 # Another writer, an earlier version or an orphan of a crash holds this name.

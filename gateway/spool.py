@@ -102,11 +102,14 @@ class Spool:
         *,
         hash_from: int = 0,
         adopt: bool = False,
+        sha256: str | None = None,
     ) -> SpooledFile:
         """Copy `source` durably to its spool path; raises OutOfResources or SpoolCollisionError.
 
         With `adopt`, a source file on the spool's file system is linked instead of copied: only
-        for a file the caller owns and will not change (a received temporary file).
+        for a file the caller owns and will not change (a received temporary file); `sha256`,
+        when the caller hashed its bytes from `hash_from` on as it wrote them, spares reading
+        them back.
         """
         final = self.path_for(study_uid, sop_uid, version)
         if final.exists():
@@ -131,7 +134,7 @@ class Spool:
         try:
             same_volume = source_stat is not None and source_stat.st_dev == device
             if adopt and isinstance(source, Path) and same_volume:
-                spooled = self._adopt(source, final, hash_from)
+                spooled = self._adopt(source, final, hash_from, sha256)
             else:
                 spooled = self._write(source, final, reservation, hash_from)
         except OSError as exc:
@@ -168,19 +171,9 @@ class Spool:
         self._device = None
         self._root_device()
 
-    def _adopt(self, source: Path, final: Path, hash_from: int) -> SpooledFile:
+    def _adopt(self, source: Path, final: Path, hash_from: int, sha256: str | None) -> SpooledFile:
         directory = final.parent
         self._directory(directory)
-        digest = hashlib.sha256()
-        size = 0
-        with source.open("rb") as fh:
-            while chunk := fh.read(CHUNK_BYTES):
-                start = size
-                size += len(chunk)
-                # A view, not a slice: the data set is hashed without copying the chunk.
-                digest.update(memoryview(chunk)[max(0, hash_from - start) :])
-            # The received bytes reach the disk before any name in the spool refers to them.
-            os.fsync(fh.fileno())
         try:
             try:
                 os.link(source, final)
@@ -192,8 +185,23 @@ class Spool:
                 os.link(source, final)
         except FileExistsError as exc:
             raise SpoolCollisionError(f"{final.name} already exists") from exc
+        # Linked before the fsync: the file's fsync then commits the new directory entry in the
+        # same journal transaction, and the directory's fsync below has nothing left to wait
+        # for. A crash in between leaves a name no row refers to (an orphan, whole or partial).
+        digest = hashlib.sha256()
+        size = 0
+        with source.open("rb") as fh:
+            if sha256 is None:
+                while chunk := fh.read(CHUNK_BYTES):
+                    start = size
+                    size += len(chunk)
+                    # A view, not a slice: the data set is hashed without copying the chunk.
+                    digest.update(memoryview(chunk)[max(0, hash_from - start) :])
+            else:
+                size = os.fstat(fh.fileno()).st_size
+            os.fsync(fh.fileno())
         _fsync_dir(directory)
-        return SpooledFile(final, size, digest.hexdigest())
+        return SpooledFile(final, size, sha256 or digest.hexdigest())
 
     def discard(self, path: Path) -> None:
         """Remove a spooled file that no database row refers to."""

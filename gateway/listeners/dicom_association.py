@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from gateway.dicom_header import DataSetDigest
 from gateway.listeners import dicom_pdu as pdu
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class StoreRequest:
     sop_instance_uid: str
     transfer_syntax: str
     data_set: Path  # a Part 10 file, removed after the handler returns
+    data_set_sha256: str = ""  # of the data set's bytes, as gateway.dicom_header defines it
 
 
 class DimseHandler(Protocol):
@@ -90,7 +92,13 @@ class _Reader:
             raise AssociationEnded("connection closed by the peer")
         return data
 
-    def copy(self, n: int, out: BinaryIO | None, buffer: memoryview) -> None:
+    def copy(
+        self,
+        n: int,
+        out: BinaryIO | None,
+        buffer: memoryview,
+        digest: DataSetDigest | None = None,
+    ) -> None:
         """Move the next n bytes to `out` (or drop them), a chunk at a time."""
         while n:
             view = buffer[: min(n, len(buffer))]
@@ -99,6 +107,8 @@ class _Reader:
                 raise AssociationEnded("connection closed by the peer")
             if out is not None:
                 out.write(view[:got])
+            if digest is not None:
+                digest.update(view[:got])
             n -= got
 
 
@@ -240,6 +250,7 @@ class Association:
         context_id = -1
         out: BinaryIO | None = None
         part: Path | None = None
+        digest: DataSetDigest | None = None
         remaining = first_length
         try:
             while True:
@@ -267,11 +278,11 @@ class Association:
                             if not command.has_data_set:
                                 self._answer(command, context_id, None)
                                 return
-                            out, part = self._open_data_set(command, context_id)
+                            out, part, digest = self._open_data_set(command, context_id)
                         continue
                     if command is None:
                         raise pdu.PduError("data set fragment before its command")
-                    reader.copy(value_length, out, self._buffer)
+                    reader.copy(value_length, out, self._buffer, digest)
                     if last:
                         if remaining:
                             raise pdu.PduError("PDV items after the last data set fragment")
@@ -279,7 +290,8 @@ class Association:
                         assert part is not None
                         out.close()
                         out = None
-                        self._answer(command, context_id, part)
+                        assert digest is not None
+                        self._answer(command, context_id, part, digest.hexdigest())
                         return
                 pdu_type, remaining = self._read_pdu_header(reader)
                 if pdu_type == pdu.ABORT:
@@ -292,24 +304,29 @@ class Association:
             if part is not None:
                 part.unlink(missing_ok=True)
 
-    def _open_data_set(self, command: pdu.Command, context_id: int) -> tuple[BinaryIO, Path]:
+    def _open_data_set(
+        self, command: pdu.Command, context_id: int
+    ) -> tuple[BinaryIO, Path, DataSetDigest]:
         self._incoming.mkdir(parents=True, exist_ok=True)
         part = self._incoming / f".dimse-{secrets.token_hex(8)}.part"
         out: BinaryIO = open(part, "xb", buffering=0)  # noqa: SIM115 - closed by the caller
         _abstract, transfer_syntax = self._contexts[context_id]
-        out.write(
-            pdu.encode_part10_header(
-                command.affected_sop_class,
-                command.affected_sop_instance,
-                transfer_syntax,
-                implementation_class_uid=self._policy.implementation_class_uid,
-                implementation_version=self._policy.implementation_version,
-                source_ae=self.peer.calling_ae,
-            )
+        header = pdu.encode_part10_header(
+            command.affected_sop_class,
+            command.affected_sop_instance,
+            transfer_syntax,
+            implementation_class_uid=self._policy.implementation_class_uid,
+            implementation_version=self._policy.implementation_version,
+            source_ae=self.peer.calling_ae,
         )
-        return out, part
+        out.write(header)
+        digest = DataSetDigest()
+        digest.update(header)
+        return out, part, digest
 
-    def _answer(self, command: pdu.Command, context_id: int, data_set: Path | None) -> None:
+    def _answer(
+        self, command: pdu.Command, context_id: int, data_set: Path | None, sha256: str = ""
+    ) -> None:
         operation = command.command_field
         if operation == pdu.C_STORE_RQ and data_set is not None:
             _abstract, transfer_syntax = self._contexts[context_id]
@@ -318,6 +335,7 @@ class Association:
                 command.affected_sop_instance,
                 transfer_syntax,
                 data_set,
+                sha256,
             )
             status, comment = self._handler.store(self.peer, request)
             response = pdu.encode_response(command, status, comment=comment)

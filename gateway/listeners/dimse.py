@@ -158,6 +158,7 @@ class DimseListener:
                 peer_address=address,
                 transfer_id=tally.transfer_id,
                 adopt=True,  # the association's received file, removed after this handler
+                data_set_sha256=request.data_set_sha256 or None,
             )
             tally.stored(outcome)
         except InvalidInput as exc:

@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from aiohttp import web
 from aiohttp.helpers import parse_mimetype
 
+from gateway.dicom_header import DataSetDigest
 from gateway.dicom_services import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from gateway.domain.errors import InvalidInput, OutOfResources
 from gateway.ingest import IngestOutcome, InstanceRecorder, ParsedHeader, parse_header
@@ -74,6 +75,11 @@ class _IncomingPart:
     path: Path
     out: BinaryIO
     size: int = 0
+    digest: DataSetDigest = field(default_factory=DataSetDigest)
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.digest.update(data)
 
     @classmethod
     def open(cls, incoming: Path) -> _IncomingPart:
@@ -135,7 +141,7 @@ class StowRequest:
                     if isinstance(event, PartData):
                         if part is not None:
                             self._count(len(event.data), part)
-                            part.out.write(event.data)
+                            part.write(event.data)
                     elif isinstance(event, PartStart):
                         media = parse_mimetype(
                             event.headers.get("content-type", "application/dicom")
@@ -148,10 +154,12 @@ class StowRequest:
                         else:
                             part = _IncomingPart.open(self._incoming)
                     elif part is not None:  # PartEnd of an application/dicom part
-                        path = part.close()
+                        path, sha256 = part.close(), part.digest.hexdigest()
                         part = None
                         await slots.acquire()
-                        task = asyncio.create_task(self._record(path, request.remote, slots))
+                        task = asyncio.create_task(
+                            self._record(path, sha256, request.remote, slots)
+                        )
                         ordered.append(task)
                 if splitter.done:
                     break
@@ -171,19 +179,21 @@ class StowRequest:
         if part.size > self._max_instance or self._received > self._max_request:
             raise TooLarge("the instance or the request exceeds the size limit")
 
-    async def _record(self, path: Path, peer: str | None, slots: asyncio.Semaphore) -> PartResult:
+    async def _record(
+        self, path: Path, sha256: str, peer: str | None, slots: asyncio.Semaphore
+    ) -> PartResult:
         try:
-            return await asyncio.to_thread(self._store_and_discard, path, peer)
+            return await asyncio.to_thread(self._store_and_discard, path, sha256, peer)
         finally:
             slots.release()
 
-    def _store_and_discard(self, path: Path, peer: str | None) -> PartResult:
+    def _store_and_discard(self, path: Path, sha256: str, peer: str | None) -> PartResult:
         try:
-            return self._store(path, peer)
+            return self._store(path, sha256, peer)
         finally:
             path.unlink(missing_ok=True)
 
-    def _store(self, path: Path, peer: str | None) -> PartResult:
+    def _store(self, path: Path, sha256: str, peer: str | None) -> PartResult:
         try:
             header = parse_header(path)
         except InvalidInput as exc:
@@ -205,6 +215,7 @@ class StowRequest:
                 peer_address=peer or "",
                 transfer_id=self._tally.transfer_id,
                 adopt=True,  # this request's own part file, deleted after recording
+                data_set_sha256=sha256,
             )
         except OutOfResources as exc:
             return self._refused(cls, sop, FailureReason.OUT_OF_RESOURCES, exc.message, peer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ from pynetdicom import AE, _config
 from sqlalchemy import Engine, select
 
 from gateway.audit.trail import ensure_head
+from gateway.dicom_header import data_set_offset
 from gateway.dicom_services import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.ingest import InstanceRecorder, parse_header
 from gateway.listeners.dicom_pdu import encode_part10_header
@@ -151,6 +153,8 @@ def test_storescu_instance_is_spooled_unchanged_and_recorded(
     stored = spooled.read_bytes()
     assert _data_set_bytes(stored) == _data_set_bytes(source.read_bytes())
     assert pydicom.dcmread(spooled).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    # Hashed while it arrived, exactly as the spool hashes a file (the data set after the meta).
+    assert row.sha256 == hashlib.sha256(stored[data_set_offset(spooled) :]).hexdigest()
 
 
 def test_echoscu_gets_success(gateway: Gateway) -> None:

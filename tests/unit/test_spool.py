@@ -156,7 +156,8 @@ def test_an_owned_file_on_the_same_volume_is_linked_not_copied(
     spooled = Spool(tmp_path / "spool").store_file(source, STUDY, SOP, 1, hash_from=4, adopt=True)
     assert spooled.path.stat().st_ino == source.stat().st_ino
     assert spooled.sha256 == hashlib.sha256(b"data" * 1000).hexdigest()
-    assert log[-3:] == ["file-fsync", "link", "dir-fsync"]
+    # Linked first, so the file's fsync also commits the new name; both before any row.
+    assert log[-3:] == ["link", "file-fsync", "dir-fsync"]
     source.unlink()  # the receiver deletes its temporary file; the spooled name keeps the bytes
     assert spooled.path.read_bytes() == b"meta" + b"data" * 1000
     copied = Spool(tmp_path / "spool").store_file(spooled.path, STUDY, SOP, 2)
@@ -174,3 +175,26 @@ def test_directories_removed_behind_the_spools_back_are_made_again(tmp_path: Pat
     shutil.rmtree(tmp_path / "spool")  # the whole root
     again = spool.store_file(b"c" * 10, STUDY, SOP, 3)
     assert again.path.read_bytes() == b"c" * 10
+
+
+def test_a_hash_taken_while_receiving_spares_reading_the_file_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "received.dcm"
+    source.write_bytes(b"meta" + b"data" * 1000)
+    known = hashlib.sha256(b"data" * 1000).hexdigest()
+    reads: list[int] = []
+
+    class CountingHash:
+        def update(self, data: bytes) -> None:
+            reads.append(len(data))
+
+        def hexdigest(self) -> str:
+            return "computed"
+
+    monkeypatch.setattr(hashlib, "sha256", CountingHash)
+    spooled = Spool(tmp_path / "spool").store_file(
+        source, STUDY, SOP, 1, hash_from=4, adopt=True, sha256=known
+    )
+    assert (spooled.sha256, spooled.size) == (known, 4004)
+    assert reads == []
