@@ -41,13 +41,25 @@ class GroupCommitter:
 
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run `work(conn)` in a transaction shared with concurrent callers; return when durable."""
+        return self.submit(work)()
+
+    def submit(self, work: Callable[[Connection], T]) -> Callable[[], T]:
+        """Queue `work(conn)` and return at once; the returned call waits for its outcome.
+
+        Lets the caller do other work (its own fsync, which `work` may wait for before the
+        commit) while the statements run.
+        """
         job: _Job[T] = _Job(work)
         self._ensure_thread()
         self._queue.put(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.result  # type: ignore[return-value]
+
+        def outcome() -> T:
+            job.done.wait()
+            if job.error is not None:
+                raise job.error
+            return job.result  # type: ignore[return-value]
+
+        return outcome
 
     def _ensure_thread(self) -> None:
         with self._lock:

@@ -7,8 +7,10 @@ quiet deadline with every instance; a late instance re-opens a study that was al
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -270,6 +272,7 @@ class InstanceRecorder:
                     hash_from=hash_from,
                     adopt=adopt,
                     sha256=sha256,
+                    defer_sync=True,
                 )
             except SpoolCollisionError:
                 # Another writer, an earlier version or an orphan of a crash holds this name.
@@ -296,12 +299,33 @@ class InstanceRecorder:
         peer_address: str,
         transfer_id: str | None = None,
     ) -> IngestOutcome | _Superseded:
-        # Concurrent associations share one transaction and one log flush (group commit).
-        return self._committer.run(
-            lambda conn: self._commit_in(
+        # Concurrent associations share one transaction and one log flush (group commit). The
+        # statements run while this thread makes the spooled file durable; the transaction
+        # commits only once it is, so no committed row ever refers to bytes not on disk.
+        durable = threading.Event()
+        failed: list[BaseException] = []
+
+        def work(conn: Connection) -> IngestOutcome | _Superseded:
+            result = self._commit_in(
                 conn, spooled, version, header, calling_ae, peer_address, transfer_id
             )
-        )
+            durable.wait()
+            if failed:
+                raise failed[0]
+            return result
+
+        outcome = self._committer.submit(work)
+        try:
+            self._spool.sync(spooled)
+        except BaseException as exc:
+            failed.append(exc)
+            durable.set()
+            with contextlib.suppress(BaseException):
+                outcome()
+            self._spool.discard(spooled.path)
+            raise
+        durable.set()
+        return outcome()
 
     def _commit_in(
         self,

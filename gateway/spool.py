@@ -37,6 +37,7 @@ class SpooledFile(NamedTuple):
     path: Path
     size: int
     sha256: str
+    synced: bool = True  # False: linked, but `Spool.sync` must run before any row refers to it
 
 
 class SpoolCollisionError(GatewayError):
@@ -103,13 +104,15 @@ class Spool:
         hash_from: int = 0,
         adopt: bool = False,
         sha256: str | None = None,
+        defer_sync: bool = False,
     ) -> SpooledFile:
         """Copy `source` durably to its spool path; raises OutOfResources or SpoolCollisionError.
 
         With `adopt`, a source file on the spool's file system is linked instead of copied: only
         for a file the caller owns and will not change (a received temporary file); `sha256`,
         when the caller hashed its bytes from `hash_from` on as it wrote them, spares reading
-        them back.
+        them back. With `defer_sync`, an adopted file is linked but not yet fsynced: the caller
+        runs `sync` (while doing other work) and refers to the file only after it returned.
         """
         final = self.path_for(study_uid, sop_uid, version)
         if final.exists():
@@ -134,7 +137,7 @@ class Spool:
         try:
             same_volume = source_stat is not None and source_stat.st_dev == device
             if adopt and isinstance(source, Path) and same_volume:
-                spooled = self._adopt(source, final, hash_from, sha256)
+                spooled = self._adopt(source, final, hash_from, sha256, defer_sync)
             else:
                 spooled = self._write(source, final, reservation, hash_from)
         except OSError as exc:
@@ -171,7 +174,9 @@ class Spool:
         self._device = None
         self._root_device()
 
-    def _adopt(self, source: Path, final: Path, hash_from: int, sha256: str | None) -> SpooledFile:
+    def _adopt(
+        self, source: Path, final: Path, hash_from: int, sha256: str | None, defer_sync: bool
+    ) -> SpooledFile:
         directory = final.parent
         self._directory(directory)
         try:
@@ -199,9 +204,27 @@ class Spool:
                     digest.update(memoryview(chunk)[max(0, hash_from - start) :])
             else:
                 size = os.fstat(fh.fileno()).st_size
+            if defer_sync:
+                return SpooledFile(final, size, sha256 or digest.hexdigest(), synced=False)
             os.fsync(fh.fileno())
         _fsync_dir(directory)
         return SpooledFile(final, size, sha256 or digest.hexdigest())
+
+    def sync(self, spooled: SpooledFile) -> None:
+        """Make a file spooled with `defer_sync` durable: its bytes, then its name."""
+        if spooled.synced:
+            return
+        try:
+            fd = os.open(spooled.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(spooled.path.parent)
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise OutOfResources("spool volume is full") from exc
+            raise
 
     def discard(self, path: Path) -> None:
         """Remove a spooled file that no database row refers to."""
