@@ -104,3 +104,67 @@ def test_many_versions_go_on_above_the_latest(
         expected = Disposition.STORED if seed == 0 else Disposition.NEW_VERSION
         assert _record(recorder, path) == (expected, seed + 1)
     assert _record(recorder, tmp_path / "3.dcm") == (Disposition.DUPLICATE, 4)
+
+
+def test_the_commit_waits_for_the_adopted_files_fsync(
+    engine: Engine, recorder: InstanceRecorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+
+    from sqlalchemy import event
+
+    received = write_dicom(tmp_path / "received.dcm", generate_uid())
+    log: list[str] = []
+    real_fsync = os.fsync
+    statements_ran = threading.Event()
+
+    def slow_fsync(fd: int) -> None:
+        if not os.path.isdir(f"/proc/self/fd/{fd}"):
+            # The statements run meanwhile; the commit must still wait for this fsync.
+            assert statements_ran.wait(5)
+            log.append("file-fsync")
+        real_fsync(fd)
+
+    def on_execute(*_args: object) -> None:
+        statements_ran.set()
+
+    def on_commit(_conn: object) -> None:
+        log.append("commit")
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    event.listen(engine, "after_cursor_execute", on_execute)
+    event.listen(engine, "commit", on_commit)
+    try:
+        outcome = recorder.record(
+            received, parse_header(received), "MODALITY", transfer_id="t:1", adopt=True
+        )
+    finally:
+        event.remove(engine, "after_cursor_execute", on_execute)
+        event.remove(engine, "commit", on_commit)
+    assert outcome.disposition is Disposition.STORED
+    assert log[:2] == ["file-fsync", "commit"]
+
+
+def test_a_failed_fsync_records_nothing_and_removes_the_file(
+    engine: Engine, recorder: InstanceRecorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from gateway.domain.errors import OutOfResources
+
+    received = write_dicom(tmp_path / "received.dcm", generate_uid())
+    header = parse_header(received)
+    real_fsync = os.fsync
+
+    def full(fd: int) -> None:
+        if not os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutOfResources):
+        recorder.record(received, header, "MODALITY", transfer_id="t:1", adopt=True)
+    assert _rows(engine, header.sop_instance_uid) == []
+    assert not any(p.is_file() for p in (tmp_path / "spool").rglob("*"))
