@@ -111,6 +111,7 @@ def test_the_commit_waits_for_the_adopted_files_fsync(
 ) -> None:
     import os
     import threading
+    import time
 
     from sqlalchemy import event
 
@@ -123,6 +124,7 @@ def test_the_commit_waits_for_the_adopted_files_fsync(
         if not os.path.isdir(f"/proc/self/fd/{fd}"):
             # The statements run meanwhile; the commit must still wait for this fsync.
             assert statements_ran.wait(5)
+            time.sleep(0.2)  # a slow disk: a commit that did not wait would come first
             log.append("file-fsync")
         real_fsync(fd)
 
