@@ -24,6 +24,9 @@ MAX_BATCH = 32
 @dataclass
 class _Job(Generic[T]):
     work: Callable[[Connection], T]
+    # Blocks until the job may be committed; raises when it must not be (its file never became
+    # durable). Runs after every job's statements, so the waits of a batch overlap.
+    ready: Callable[[], None] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: T | None = None
     error: BaseException | None = None
@@ -43,13 +46,16 @@ class GroupCommitter:
         """Run `work(conn)` in a transaction shared with concurrent callers; return when durable."""
         return self.submit(work)()
 
-    def submit(self, work: Callable[[Connection], T]) -> Callable[[], T]:
+    def submit(
+        self, work: Callable[[Connection], T], ready: Callable[[], None] | None = None
+    ) -> Callable[[], T]:
         """Queue `work(conn)` and return at once; the returned call waits for its outcome.
 
-        Lets the caller do other work (its own fsync, which `work` may wait for before the
-        commit) while the statements run.
+        The transaction holding `work` commits only after `ready()` returned; when it raises,
+        the work is undone and the caller hears that error. The caller can meanwhile do what
+        `ready` waits for (its own fsync) while the statements run.
         """
-        job: _Job[T] = _Job(work)
+        job: _Job[T] = _Job(work, ready)
         self._ensure_thread()
         self._queue.put(job)
 
@@ -75,37 +81,55 @@ class GroupCommitter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            finally:
+                for job in batch:
+                    job.done.set()
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
-        if len(batch) == 1:
-            self._commit_alone(batch[0])
-            return
+        while batch:
+            unready = self._attempt(batch)
+            # Jobs that could not be made ready are undone with the rest of their transaction;
+            # the others run again in a new one (their statements only touch the database).
+            batch = [job for job in batch if job not in unready and job.error is None]
+            if not unready:
+                return
+
+    def _attempt(self, batch: list[_Job[Any]]) -> list[_Job[Any]]:
+        unready: list[_Job[Any]] = []
         try:
             with self._engine.begin() as conn:
+                if len(batch) == 1:
+                    # Nothing else shares this transaction, so a failing piece rolls back the
+                    # whole of it: the outcome a savepoint would give, without its statements.
+                    batch[0].result = batch[0].work(conn)
+                else:
+                    for job in batch:
+                        try:
+                            with conn.begin_nested():
+                                job.result = job.work(conn)
+                        except Exception as exc:
+                            job.error = exc
                 for job in batch:
-                    try:
-                        with conn.begin_nested():
-                            job.result = job.work(conn)
-                    except Exception as exc:
-                        job.error = exc
+                    if job.error is None and job.ready is not None:
+                        try:
+                            job.ready()
+                        except BaseException as exc:
+                            job.error = exc
+                            unready.append(job)
+                if unready:
+                    raise _Undo
+        except _Undo:
+            for job in batch:
+                job.result = None
         except BaseException as exc:
             # The shared commit failed: nothing of the batch is durable, every caller hears it.
             for job in batch:
                 job.error = job.error or exc
                 job.result = None
-        finally:
-            for job in batch:
-                job.done.set()
+        return unready
 
-    def _commit_alone(self, job: _Job[Any]) -> None:
-        # Nothing else shares this transaction, so a failing piece rolls back the whole of it:
-        # the outcome a savepoint would give, without its two extra statements.
-        try:
-            with self._engine.begin() as conn:
-                job.result = job.work(conn)
-        except BaseException as exc:
-            job.error = exc
-            job.result = None
-        finally:
-            job.done.set()
+
+class _Undo(Exception):
+    """Roll the batch back: some of its jobs must not be committed."""

@@ -306,15 +306,16 @@ class InstanceRecorder:
         failed: list[BaseException] = []
 
         def work(conn: Connection) -> IngestOutcome | _Superseded:
-            result = self._commit_in(
+            return self._commit_in(
                 conn, spooled, version, header, calling_ae, peer_address, transfer_id
             )
+
+        def ready() -> None:
             durable.wait()
             if failed:
                 raise failed[0]
-            return result
 
-        outcome = self._committer.submit(work)
+        outcome = self._committer.submit(work, ready)
         try:
             self._spool.sync(spooled)
         except BaseException as exc:

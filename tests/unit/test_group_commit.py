@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import Column, Connection, Engine, Integer, MetaData, Table, event, insert, select
@@ -66,3 +66,55 @@ def test_waiting_work_shares_one_commit_and_a_failure_undoes_only_itself(engine:
     with engine.connect() as conn:
         assert sorted(conn.execute(select(probe.c.n)).scalars()) == [0, 1, 2, 3, 4, 6, 7]
     assert len(commits) == 2  # the first alone, then the seven that waited, together
+
+
+def test_work_that_never_becomes_ready_is_undone_alone(engine: Engine) -> None:
+    committer = GroupCommitter(engine)
+    gate, started = threading.Event(), threading.Event()
+    order: list[str] = []
+    results: dict[int, object] = {}
+
+    def body(n: int) -> Callable[[Connection], int]:
+        def run(conn: Connection) -> int:
+            if n == 0:
+                started.set()
+                gate.wait(10)
+            conn.execute(insert(probe).values(n=n))
+            order.append(f"statements {n}")
+            return n
+
+        return run
+
+    def ready(n: int) -> Callable[[], None]:
+        def check() -> None:
+            order.append(f"ready {n}")
+            if n == 2:
+                raise OSError("the file never reached the disk")
+
+        return check
+
+    def submit(n: int) -> None:
+        try:
+            results[n] = committer.submit(body(n), ready(n))()
+        except OSError as exc:
+            results[n] = exc
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(4)]
+    threads[0].start()
+    assert started.wait(10)
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 10
+    while committer._queue.qsize() < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert isinstance(results.pop(2), OSError)
+    assert results == {0: 0, 1: 1, 3: 3}
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(probe.c.n)).scalars()) == [0, 1, 3]
+    # In the shared batch every job's statements run before any job is waited for.
+    batch = order[order.index("ready 0") + 1 :]
+    assert batch[:3] == ["statements 1", "statements 2", "statements 3"]
+    assert "ready 2" in batch
