@@ -34,7 +34,7 @@ from gateway.transfer_audit import TransferTally, audit_transfer
 log = logging.getLogger(__name__)
 
 # Parts recorded concurrently within one request.
-PARTS_IN_FLIGHT = 4
+PARTS_IN_FLIGHT = 8
 STOW_SENDER = "STOW-RS"
 
 
