@@ -73,6 +73,9 @@ class DicomServer:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, abort open associations and wait for their threads."""
         self._stopping.set()
+        # On Linux this wakes the blocked accept() at once; the poll interval is the fallback.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._acceptor.join(timeout)
         self._listener.close()
         with self._lock:
