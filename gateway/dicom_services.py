@@ -65,6 +65,7 @@ class StoreStatus(enum.IntEnum):
     WARNING_COERCION = 0xB000
     OUT_OF_RESOURCES = 0xA700
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
     CANNOT_UNDERSTAND = 0xC000
     PROCESSING_FAILURE = 0x0110
 
@@ -78,8 +79,10 @@ STATUS_MEANINGS = MappingProxyType(
         StoreStatus.OUT_OF_RESOURCES: "The spool is full or over its quota",
         StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS: "The data set's SOP Class UID differs "
         "from the Affected SOP Class UID",
+        StoreStatus.SOP_CLASS_NOT_SUPPORTED: "The Affected SOP Class UID is not the abstract "
+        "syntax of the presentation context the request came on",
         StoreStatus.CANNOT_UNDERSTAND: "The data set cannot be parsed or lacks the Study, "
-        "Series or SOP Instance UID",
+        "Series or SOP Instance UID, or the C-STORE carries no data set",
         StoreStatus.PROCESSING_FAILURE: "An internal failure; the sender may retry",
     }
 )

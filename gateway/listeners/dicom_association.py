@@ -61,6 +61,7 @@ class StoreRequest:
     transfer_syntax: str
     data_set: Path  # a Part 10 file, removed after the handler returns
     data_set_sha256: str = ""  # of the data set's bytes, as gateway.dicom_header defines it
+    abstract_syntax: str = ""  # of the presentation context the request came on
 
 
 class DimseHandler(Protocol):
@@ -329,16 +330,22 @@ class Association:
     ) -> None:
         operation = command.command_field
         if operation == pdu.C_STORE_RQ and data_set is not None:
-            _abstract, transfer_syntax = self._contexts[context_id]
+            abstract, transfer_syntax = self._contexts[context_id]
             request = StoreRequest(
                 command.affected_sop_class,
                 command.affected_sop_instance,
                 transfer_syntax,
                 data_set,
                 sha256,
+                abstract,
             )
             status, comment = self._handler.store(self.peer, request)
             response = pdu.encode_response(command, status, comment=comment)
+        elif operation == pdu.C_STORE_RQ:
+            log.warning("C-STORE without a data set from %s", self.peer.calling_ae)
+            response = pdu.encode_response(
+                command, pdu.STATUS_CANNOT_UNDERSTAND, comment="C-STORE without a data set"
+            )
         elif operation == pdu.C_ECHO_RQ:
             response = pdu.encode_response(command, 0x0000, with_instance=False)
         else:

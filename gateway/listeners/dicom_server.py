@@ -39,6 +39,9 @@ class DicomServer:
         self._handler = handler
         self._incoming = incoming
         self._limit = maximum_associations
+        # Connections beyond the limit are still read, to answer them with a rejection; this
+        # many open at once is the most that is ever served.
+        self._connection_cap = 2 * maximum_associations + 8
         self._ssl = ssl_context
         self._lock = threading.Lock()
         self._active: dict[int, socket.socket] = {}
@@ -97,6 +100,13 @@ class DicomServer:
                 if self._stopping.is_set():
                     return
                 log.warning("accept failed: %s", exc)
+                continue
+            if self.active_associations >= self._connection_cap:
+                # A flood of connections (a scan, a misbehaving sender) must not become a flood
+                # of threads: past the cap, closed at once without reading.
+                log.warning("connection refused: %d connections open", self._connection_cap)
+                with contextlib.suppress(OSError):
+                    conn.close()
                 continue
             thread = threading.Thread(
                 target=self._serve, args=(conn,), name="dicom-association", daemon=True

@@ -140,6 +140,14 @@ class DimseListener:
 
     def _store(self, peer: Peer, request: StoreRequest) -> tuple[StoreStatus, str]:
         calling_ae, address = peer.calling_ae, peer.address
+        if request.abstract_syntax and request.abstract_syntax != request.sop_class_uid:
+            return self._refused(
+                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                "Affected SOP Class UID differs from the presentation context",
+                calling_ae,
+                address,
+                request,
+            )
         try:
             header = parse_header(request.data_set)
             if header.sop_class_uid != request.sop_class_uid:

@@ -457,3 +457,65 @@ def test_a_silent_association_is_closed_after_the_idle_timeout(
         started = time.monotonic()
         assert _read_pdu(sock)[:1] in (b"", b"\x07")
         assert 0.3 < time.monotonic() - started < 5
+
+
+def _store_pdus(context_id: int, sop_class: str, data_set: bytes | None) -> bytes:
+    command = pydicom.Dataset()
+    command.CommandGroupLength = 0
+    command.AffectedSOPClassUID = sop_class
+    command.CommandField = 0x0001
+    command.MessageID = 9
+    command.Priority = 0
+    command.CommandDataSetType = 0x0101 if data_set is None else 0x0001
+    command.AffectedSOPInstanceUID = generate_uid()
+    raw = encode(command, True, True)
+    assert raw is not None
+    out = b""
+    for control, value in [(0x03, raw)] + ([] if data_set is None else [(0x02, data_set)]):
+        pdv = (len(value) + 2).to_bytes(4, "big") + bytes((context_id, control)) + value
+        out += b"\x04\x00" + len(pdv).to_bytes(4, "big") + pdv
+    return out
+
+
+def _status_of(reply: bytes) -> int:
+    assert reply[:1] == b"\x04"
+    return int(decode(io.BytesIO(reply[12:]), True, True).Status)
+
+
+def test_a_store_on_another_context_or_without_a_data_set_is_refused(
+    start_listener: Callable[..., Listener], tmp_path: Path
+) -> None:
+    gw = start_listener()
+    path = write_dicom(tmp_path / "dx.dcm", generate_uid())
+    data_set = _data_set(pydicom.dcmread(path))
+    sock, answer = _raw_associate(
+        gw.port, ("1.2.840.10008.1.1", "1.2.840.10008.1.2"), (DX, "1.2.840.10008.1.2")
+    )
+    with sock:
+        assert answer[:1] == b"\x02"
+        # A DX instance on the Verification context: 0x0122, audited, nothing stored.
+        sock.sendall(_store_pdus(1, DX, data_set))
+        assert _status_of(_read_pdu(sock)) == 0x0122
+        # A C-STORE whose command says it carries no data set: 0xC000.
+        sock.sendall(_store_pdus(3, DX, None))
+        assert _status_of(_read_pdu(sock)) == 0xC000
+    assert gw.rows() == []
+    assert any("0x0122" in json.dumps(record) for record in gw.audit())
+
+
+def test_a_flood_of_connections_does_not_become_a_flood_of_threads(
+    start_listener: Callable[..., Listener],
+) -> None:
+    gw = start_listener(maximum_associations=1, acse_timeout_seconds=3)
+    cap = 2 * 1 + 8
+    held = [socket.create_connection((HOST, gw.port), timeout=5) for _ in range(cap)]
+    try:
+        time.sleep(0.3)  # every held connection is being served (waiting for its request)
+        with socket.create_connection((HOST, gw.port), timeout=5) as extra:
+            started = time.monotonic()
+            assert extra.recv(1) == b""  # closed at once, long before the 3 s ARTIM
+            assert time.monotonic() - started < 2
+    finally:
+        for sock in held:
+            sock.close()
+    _wait(lambda: _dcmtk("echoscu", "-aec", AE_TITLE, HOST, str(gw.port)).returncode == 0)
