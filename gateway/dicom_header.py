@@ -91,14 +91,20 @@ def _count(value: object) -> int | None:
     return count if 0 < count < 1_000_000 else None
 
 
+_HEAD = 144  # preamble, "DICM" and the (0002,0000) element
+
+
+def _offset_in(head: bytes) -> int:
+    # (0002,0000) UL, explicit VR little endian, is required first (PS3.10 7.1).
+    if len(head) == _HEAD and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
+        return _HEAD + int.from_bytes(head[140:144], "little")
+    return 0
+
+
 def data_set_offset(path: Path) -> int:
     """Where the data set starts in a Part 10 file: after preamble, DICM and group 0002."""
     with path.open("rb") as fh:
-        head = fh.read(144)
-    # (0002,0000) UL, explicit VR little endian, is required first (PS3.10 7.1).
-    if len(head) == 144 and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
-        return 144 + int.from_bytes(head[140:144], "little")
-    return 0
+        return _offset_in(fh.read(_HEAD))
 
 
 class DataSetDigest:
@@ -119,18 +125,14 @@ class DataSetDigest:
         start = self.size
         self.size += len(view)
         if self._offset is None:
-            self._head += view[: max(0, 144 - start)]
-            if len(self._head) < 144:
+            self._head += view[: max(0, _HEAD - start)]
+            if len(self._head) < _HEAD:
                 return
             head = bytes(self._head)
-            self._offset = (
-                144 + int.from_bytes(head[140:144], "little")
-                if head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL"
-                else 0
-            )
+            self._offset = _offset_in(head)
             # Bytes fed before the offset was known and beyond it are hashed now.
             self._digest.update(head[self._offset :])
-            skip = max(self._offset, 144) - start
+            skip = max(self._offset, _HEAD) - start
         else:
             skip = self._offset - start
         if skip < len(view):

@@ -1,8 +1,9 @@
 """DICOM Upper Layer PDUs and DIMSE command sets, as bytes (PS3.8 9.3, PS3.7 9.3 and E.1).
 
-Only what an acceptor of C-STORE and C-ECHO needs: decoding an A-ASSOCIATE-RQ and the PDV items
-of a P-DATA-TF, decoding a request command set and encoding the PDUs and responses it sends.
-No I/O here; malformed input raises PduError, which the association answers with an A-ABORT.
+Only what an acceptor of C-STORE and C-ECHO needs: decoding an A-ASSOCIATE-RQ and a request
+command set (the PDU and PDV item headers are read with PDU_HEADER and PDV_HEADER while the
+data streams past), and encoding the PDUs, responses and Part 10 header it writes. No I/O here;
+malformed input raises PduError, which the association answers with an A-ABORT.
 """
 
 from __future__ import annotations
@@ -224,19 +225,6 @@ def encode_release_rp() -> bytes:
 def encode_abort(source: int = 2, reason: int = 0) -> bytes:
     """An A-ABORT; source 2 is the service provider (PS3.8 9.3.8)."""
     return _pdu(ABORT, bytes((0, 0, source, reason)))
-
-
-def iter_pdvs(body: bytes | memoryview) -> Iterator[tuple[int, int, int, int]]:
-    """(context id, message control header, value start, value end) of each PDV item."""
-    offset, end = 0, len(body)
-    while offset < end:
-        if offset + 6 > end:
-            raise PduError("PDV item header runs past the PDU")
-        length, context_id, control = PDV_HEADER.unpack_from(body, offset)
-        if length < 2 or offset + 4 + length > end:
-            raise PduError("PDV item length does not fit the PDU")
-        yield context_id, control, offset + 6, offset + 4 + length
-        offset += 4 + length
 
 
 def decode_command(raw: bytes) -> Command:

@@ -167,10 +167,3 @@ def test_responses_are_split_to_the_peers_maximum_pdu_length() -> None:
     assert len(fragments) > 1
     assert [f[0] for f in fragments] == [0x01] * (len(fragments) - 1) + [0x03]
     assert b"".join(f[1:] for f in fragments) == response
-
-
-def test_pdv_items_are_walked_and_a_bad_length_raises() -> None:
-    body = struct.pack(">IBB", 4, 1, 0x02) + b"ab" + struct.pack(">IBB", 3, 1, 0x03) + b"c"
-    assert list(pdu.iter_pdvs(body)) == [(1, 0x02, 6, 8), (1, 0x03, 14, 15)]
-    with pytest.raises(pdu.PduError):
-        list(pdu.iter_pdvs(struct.pack(">IBB", 40, 1, 0x02) + b"ab"))
