@@ -271,7 +271,9 @@ class Association:
                         raise pdu.PduError("a message changed presentation context")
                     last = bool(control & 0x02)
                     if control & 0x01:
-                        if command is not None or sum(map(len, command_parts)) > _MAX_COMMAND:
+                        received = sum(map(len, command_parts))
+                        if command is not None or received + value_length > _MAX_COMMAND:
+                            # Checked before reading: a command set is never buffered unbounded.
                             raise pdu.PduError("command fragment out of place or too long")
                         command_parts.append(reader.exact(value_length))
                         if last:

@@ -426,6 +426,14 @@ def test_protocol_violations_are_aborted_and_the_listener_keeps_serving(
         assert answer[:1] == b"\x02"  # A-ASSOCIATE-AC
         sock.sendall(_command_pdu(99, 0x0030, "1.2.840.10008.1.1"))
         assert _read_pdu(sock)[:1] == b"\x07"
+    # A command fragment far larger than any command set: refused before it is read.
+    sock, answer = _raw_associate(gw.port, (DX, ExplicitVRLittleEndian))
+    with sock:
+        assert answer[:1] == b"\x02"
+        size = 64 * 1024 * 1024
+        pdv_header = (size + 2).to_bytes(4, "big") + bytes((1, 0x03))
+        sock.sendall(b"\x04\x00" + (size + 6).to_bytes(4, "big") + pdv_header + b"\x00" * 1024)
+        assert _read_pdu(sock)[:1] == b"\x07"
     assert _dcmtk("echoscu", "-aec", AE_TITLE, HOST, str(gw.port)).returncode == 0
     assert gw.rows() == []
 
