@@ -29,6 +29,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from sqlalchemy import Engine, select
 
 from gateway.audit.trail import ensure_head
+from gateway.dicom_header import data_set_offset
 from gateway.dicom_services import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from gateway.ingest import InstanceRecorder
 from gateway.listeners.dimse import DimseListener
@@ -527,3 +528,22 @@ def test_a_flood_of_connections_does_not_become_a_flood_of_threads(
         for sock in held:
             sock.close()
     _wait(lambda: _dcmtk("echoscu", "-aec", AE_TITLE, HOST, str(gw.port)).returncode == 0)
+
+
+def test_a_data_set_split_over_many_small_pdus_is_stored_unchanged(
+    start_listener: Callable[..., Listener], tmp_path: Path
+) -> None:
+    gw = start_listener()
+    path = write_dicom(tmp_path / "dx.dcm", generate_uid())
+    ds = pydicom.dcmread(path)
+    ds.PixelData = os.urandom(256 * 512)
+    ds.Rows, ds.Columns = 256, 256
+    ds.save_as(path, implicit_vr=False, little_endian=True)
+    # 4 KiB PDUs: the command and every data fragment arrive in PDUs of their own.
+    sent = _dcmtk("storescu", "--max-send-pdu", "4096", "-aec", AE_TITLE, HOST, str(gw.port),
+                  str(path))  # fmt: skip
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    (row,) = gw.rows()
+    stored = Path(str(row["path"]))
+    source_bytes = path.read_bytes()[data_set_offset(path) :]
+    assert stored.read_bytes()[data_set_offset(stored) :] == source_bytes
