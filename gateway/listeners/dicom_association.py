@@ -9,6 +9,7 @@ wait for each later PDU (PS3.8 9.1.5).
 
 from __future__ import annotations
 
+import io
 import logging
 import secrets
 import socket
@@ -84,7 +85,7 @@ class AssociationEnded(Exception):
 class _Reader:
     """Buffered exact reads from the association's socket."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: io.BufferedReader[socket.SocketIO]) -> None:
         self._stream = stream
 
     def exact(self, n: int) -> bytes:
@@ -103,7 +104,7 @@ class _Reader:
         """Move the next n bytes to `out` (or drop them), a chunk at a time."""
         while n:
             view = buffer[: min(n, len(buffer))]
-            got = self._stream.readinto(view)  # type: ignore[attr-defined]
+            got = self._stream.readinto(view)
             if not got:
                 raise AssociationEnded("connection closed by the peer")
             if out is not None:
@@ -159,8 +160,8 @@ class Association:
 
     def serve(self) -> None:
         """Run the association to its end; never raises for what the peer does."""
-        stream = self._sock.makefile("rb", buffering=256 * 1024)
-        reader = _Reader(stream)  # type: ignore[arg-type]
+        stream = io.BufferedReader(socket.SocketIO(self._sock, "rb"), 256 * 1024)
+        reader = _Reader(stream)
         accepted = False
         try:
             self._sock.settimeout(self._policy.artim_seconds)
