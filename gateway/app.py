@@ -9,12 +9,15 @@ import os
 import signal
 import socket
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from sqlalchemy import Engine, text
 
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.ingest import InstanceRecorder
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,16 @@ async def _reap_spool(engine: Engine, settings: Settings) -> None:
     storage = settings.storage
     await asyncio.to_thread(audit_interrupted_transfers, engine)
     await asyncio.to_thread(reap_orphans, engine, storage.spool_dir, storage.orphan_grace_seconds)
+
+
+def _rehearse_ingest(recorder: InstanceRecorder, settings: Settings) -> None:
+    from gateway.ingest_rehearsal import rehearse_ingest
+
+    try:
+        rehearse_ingest(recorder, settings.storage.spool_dir / ".incoming")
+    except Exception:
+        # Only the first instances' speed depends on it; a real fault shows on the first C-STORE.
+        log.warning("the start-up rehearsal of the record path failed", exc_info=True)
 
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
@@ -170,6 +183,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             stack.push_async_callback(encounters.aclose)
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
         await site.start()
+        await asyncio.to_thread(_rehearse_ingest, recorder, settings)
         dimse.start()
         stack.callback(dimse.stop)
         workers.append(asyncio.create_task(_reap_spool(engine, settings), name="spool-reaper"))

@@ -12,11 +12,12 @@ import enum
 import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydicom.uid import generate_uid
 from sqlalchemy import (
     Connection,
     Engine,
@@ -160,6 +161,10 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class _Rehearsed(Exception):
+    """A rehearsal's transaction is rolled back, never committed."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Superseded:
     """The version spooled is not above the latest recorded one; nothing was written."""
@@ -226,6 +231,32 @@ class InstanceRecorder:
                 self._spool.discard(spooled.path)
             return result
         raise SpoolCollisionError(f"no free version for {header.sop_instance_uid}")
+
+    def rehearse(
+        self,
+        header: ParsedHeader,
+        spooled: SpooledFile,
+        also: Callable[[Connection, IngestOutcome], None] | None = None,
+    ) -> IngestOutcome:
+        """Record `header` on the committing thread, then roll everything back (and `also`)."""
+        rehearsed: list[IngestOutcome] = []
+
+        def work(conn: Connection) -> None:
+            # Once audited by its own record, once as part of a transfer: both paths' statements.
+            self._commit_in(conn, spooled, 1, header, "REHEARSAL", "", None)
+            transferred = replace(header, sop_instance_uid=generate_uid())
+            outcome = self._commit_in(conn, spooled, 1, transferred, "REHEARSAL", "", "rehearsal")
+            assert isinstance(outcome, IngestOutcome)
+            if also is not None:
+                also(conn, outcome)
+            rehearsed.append(outcome)
+
+        def never_ready() -> None:
+            raise _Rehearsed
+
+        with contextlib.suppress(_Rehearsed):
+            self._committer.submit(work, never_ready)()
+        return rehearsed[0]
 
     def record_refusal(
         self,
