@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 
 from gateway.dicom_index import DecodedDataSet, index_attributes
 from gateway.domain.errors import InvalidInput
@@ -44,10 +46,39 @@ def _text(ds: DecodedDataSet, keyword: str, limit: int) -> str:
     return "" if value is None else str(value).strip()[:limit]
 
 
-def parse_header(path: Path) -> ParsedHeader:
-    """Read the header of a DICOM Part 10 file; raises InvalidInput when it cannot be understood."""
+# Transfer syntaxes whose data set is read as it lies in the file: little endian, explicit VR
+# for all but implicit VR little endian (encapsulated pixel data is explicit VR, PS3.5 A.4).
+# Deflated and big endian data sets are left to pydicom's reader of the whole file.
+_IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+_READ_THROUGH_PYDICOM = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
+_PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+
+
+def _before_pixels(tag: int, _vr: str | None, _length: int) -> bool:
+    return tag in _PIXEL_DATA_TAGS
+
+
+def _read_data_set(path: Path, data_set_at: int, transfer_syntax: str) -> tuple[Dataset, str]:
+    if not data_set_at or not transfer_syntax or transfer_syntax in _READ_THROUGH_PYDICOM:
+        whole = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+        return whole, str(whole.file_meta.get("TransferSyntaxUID", "")).strip()
+    # The receiver wrote the file meta itself: the data set is read from where it starts,
+    # without decoding the meta information again (a third of dcmread's time on a CT slice).
+    with path.open("rb") as fh:
+        fh.seek(data_set_at)
+        implicit = transfer_syntax == _IMPLICIT_VR_LITTLE_ENDIAN
+        dataset = read_dataset(fh, implicit, True, stop_when=_before_pixels)
+    return dataset, transfer_syntax
+
+
+def parse_header(path: Path, *, data_set_at: int = 0, transfer_syntax: str = "") -> ParsedHeader:
+    """Read the header of a DICOM Part 10 file; raises InvalidInput when it cannot be understood.
+
+    A receiver that wrote the file meta itself passes where the data set starts and the
+    transfer syntax it negotiated, and the meta information is not read back.
+    """
     try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=False)
+        dataset, syntax = _read_data_set(path, data_set_at, transfer_syntax)
         # pydicom decodes values on access, so every value is read inside this guard; each
         # element is decoded once, for the header and the index alike.
         ds = DecodedDataSet(dataset)
@@ -57,7 +88,7 @@ def parse_header(path: Path) -> ParsedHeader:
             sop_class_uid=uids["SOPClassUID"],
             study_instance_uid=uids["StudyInstanceUID"],
             series_instance_uid=_text(ds, "SeriesInstanceUID", 64),
-            transfer_syntax_uid=str(dataset.file_meta.get("TransferSyntaxUID", "")).strip(),
+            transfer_syntax_uid=syntax,
             modality=_text(ds, "Modality", 16).upper(),
             patient_id=_text(ds, "PatientID", 64),
             patient_name=_text(ds, "PatientName", 200),
@@ -137,6 +168,11 @@ class DataSetDigest:
             skip = self._offset - start
         if skip < len(view):
             self._digest.update(view[max(0, skip) :])
+
+    @property
+    def data_set_at(self) -> int:
+        """Where the data set starts (0 until 144 bytes were fed, or without Part 10 meta)."""
+        return self._offset or 0
 
     def hexdigest(self) -> str:
         """The digest; a file shorter than 144 bytes is hashed whole (offset 0)."""

@@ -63,6 +63,7 @@ class StoreRequest:
     data_set: Path  # a Part 10 file, removed after the handler returns
     data_set_sha256: str = ""  # of the data set's bytes, as gateway.dicom_header defines it
     abstract_syntax: str = ""  # of the presentation context the request came on
+    data_set_at: int = 0  # where the data set starts in the file, after the file meta written
 
 
 class DimseHandler(Protocol):
@@ -295,7 +296,9 @@ class Association:
                         out.close()
                         out = None
                         assert digest is not None
-                        self._answer(command, context_id, part, digest.hexdigest())
+                        self._answer(
+                            command, context_id, part, digest.hexdigest(), digest.data_set_at
+                        )
                         return
                 pdu_type, remaining = self._read_pdu_header(reader)
                 if pdu_type == pdu.ABORT:
@@ -329,7 +332,12 @@ class Association:
         return out, part, digest
 
     def _answer(
-        self, command: pdu.Command, context_id: int, data_set: Path | None, sha256: str = ""
+        self,
+        command: pdu.Command,
+        context_id: int,
+        data_set: Path | None,
+        sha256: str = "",
+        data_set_at: int = 0,
     ) -> None:
         operation = command.command_field
         if operation == pdu.C_STORE_RQ and data_set is not None:
@@ -341,6 +349,7 @@ class Association:
                 data_set,
                 sha256,
                 abstract,
+                data_set_at,
             )
             status, comment = self._handler.store(self.peer, request)
             response = pdu.encode_response(command, status, comment=comment)

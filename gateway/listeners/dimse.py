@@ -149,7 +149,11 @@ class DimseListener:
                 request,
             )
         try:
-            header = parse_header(request.data_set)
+            header = parse_header(
+                request.data_set,
+                data_set_at=request.data_set_at,
+                transfer_syntax=request.transfer_syntax,
+            )
             if header.sop_class_uid != request.sop_class_uid:
                 return self._refused(
                     StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
