@@ -15,14 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom.uid import generate_uid
 from sqlalchemy import (
     Connection,
     Engine,
     Integer,
-    RowMapping,
     bindparam,
     case,
     func,
@@ -37,6 +36,7 @@ from gateway.audit.trail import record_event
 from gateway.dicom_header import ParsedHeader, data_set_offset, parse_header
 from gateway.domain.model import Actor, StoredInstance, StudyState
 from gateway.group_commit import GroupCommitter
+from gateway.persistence.driver_statement import DriverStatement
 from gateway.persistence.tables import instance_attributes, instances, studies
 from gateway.pipeline import Event, PipelineEvent
 from gateway.settings import Settings
@@ -66,16 +66,21 @@ _LATEST_VERSION = (
     .order_by(instances.c.version.desc())
     .limit(1)
 )
-_EARLIER = select(instances).where(instances.c.sop_instance_uid == bindparam("sop_uid"))
-_INSERT_INSTANCE = insert(instances)
-_INSERT_ATTRIBUTES = insert(instance_attributes)
-_STUDY = select(
-    studies.c.state,
-    studies.c.modality,
-    studies.c.complete_by,
-    studies.c.expected_instances,
-).where(studies.c.study_instance_uid == bindparam("study_uid"))
-_COMPLETE_ON_COUNT = (
+_EARLIER_COLUMNS = tuple(c.name for c in instances.columns)
+_EARLIER = DriverStatement(
+    select(instances).where(instances.c.sop_instance_uid == bindparam("sop_uid"))
+)
+_INSERT_INSTANCE = DriverStatement(insert(instances))
+_INSERT_ATTRIBUTES = DriverStatement(insert(instance_attributes))
+_STUDY = DriverStatement(
+    select(
+        studies.c.state,
+        studies.c.modality,
+        studies.c.complete_by,
+        studies.c.expected_instances,
+    ).where(studies.c.study_instance_uid == bindparam("study_uid"))
+)
+_COMPLETE_ON_COUNT = DriverStatement(
     update(studies)
     .where(
         studies.c.study_instance_uid == bindparam("study_uid"),
@@ -120,8 +125,8 @@ def _upsert_study_statement(dialect_insert: Callable[..., Insert]) -> Insert:
 
 
 _UPSERT_STUDY = {
-    "postgresql": _upsert_study_statement(postgresql.insert),
-    "sqlite": _upsert_study_statement(sqlite.insert),
+    "postgresql": DriverStatement(_upsert_study_statement(postgresql.insert)),
+    "sqlite": DriverStatement(_upsert_study_statement(sqlite.insert)),
 }
 
 
@@ -159,6 +164,15 @@ def sender_actor(calling_ae: str, peer_address: str = "") -> Actor:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _StudyNow(NamedTuple):
+    """The study row as the upsert of a received instance finds it."""
+
+    state: str
+    modality: str
+    complete_by: datetime | None
+    expected_instances: int | None
 
 
 class _Rehearsed(Exception):
@@ -370,7 +384,10 @@ class InstanceRecorder:
         transfer_id: str | None,
     ) -> IngestOutcome | _Superseded:
         now = self._clock()
-        earlier = conn.execute(_EARLIER, {"sop_uid": header.sop_instance_uid}).mappings().all()
+        earlier = [
+            dict(zip(_EARLIER_COLUMNS, row, strict=True))
+            for row in _EARLIER.rows(conn, {"sop_uid": header.sop_instance_uid})
+        ]
         same = next((r for r in earlier if r["sha256"] == spooled.sha256), None)
         if same is not None:
             outcome = IngestOutcome(Disposition.DUPLICATE, _stored(same, header), same["version"])
@@ -396,8 +413,8 @@ class InstanceRecorder:
                 calling_ae=calling_ae.strip()[:16],
                 received_at=now,
             )
-            conn.execute(
-                _INSERT_INSTANCE,
+            _INSERT_INSTANCE.execute(
+                conn,
                 {
                     **_row(stored, version),
                     "transfer_id": transfer_id,
@@ -405,8 +422,8 @@ class InstanceRecorder:
                 },
             )
             if header.attributes:
-                conn.execute(
-                    _INSERT_ATTRIBUTES,
+                _INSERT_ATTRIBUTES.execute(
+                    conn,
                     {
                         **header.attributes,
                         "sop_instance_uid": header.sop_instance_uid,
@@ -434,7 +451,8 @@ class InstanceRecorder:
     def _upsert_study(
         self, conn: Connection, header: ParsedHeader, now: datetime, new_in_study: bool
     ) -> str:
-        existing = conn.execute(_STUDY, {"study_uid": header.study_instance_uid}).first()
+        found = _STUDY.rows(conn, {"study_uid": header.study_instance_uid})
+        existing = _StudyNow(*found[0]) if found else None
         quiet = self._settings.assembly.quiet_period(header.modality)
         if existing is not None and existing.modality:
             # A study of mixed modalities waits as long as its slowest modality asks for.
@@ -445,8 +463,8 @@ class InstanceRecorder:
             # Never past the maximum wait of the study being received.
             due = min(due, existing.complete_by)
         upsert = _UPSERT_STUDY["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
-        conn.execute(
-            upsert,
+        upsert.execute(
+            conn,
             {
                 "study_instance_uid": header.study_instance_uid,
                 "patient_id": header.patient_id,
@@ -480,7 +498,7 @@ class InstanceRecorder:
     def _complete_on_count(conn: Connection, study_uid: str, now: datetime) -> None:
         """Expected count reached → stable now. Runs after the upsert, on the row this
         transaction has locked, so concurrent associations of one study count exactly."""
-        conn.execute(_COMPLETE_ON_COUNT, {"study_uid": study_uid, "now": now})
+        _COMPLETE_ON_COUNT.execute(conn, {"study_uid": study_uid, "now": now})
 
     @staticmethod
     def _stored_event(
@@ -535,7 +553,7 @@ def _row(stored: StoredInstance, version: int) -> dict[str, Any]:
     }
 
 
-def _stored(row: RowMapping, header: ParsedHeader) -> StoredInstance:
+def _stored(row: Mapping[str, Any], header: ParsedHeader) -> StoredInstance:
     return StoredInstance(
         sop_instance_uid=row["sop_instance_uid"],
         sop_class_uid=row["sop_class_uid"],

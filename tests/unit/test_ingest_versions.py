@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import generate_uid
@@ -134,6 +135,17 @@ def test_the_commit_waits_for_the_adopted_files_fsync(
     def on_commit(_conn: object) -> None:
         log.append("commit")
 
+    from gateway.persistence.driver_statement import DriverStatement
+
+    run = DriverStatement._run
+
+    def run_and_tell(*args: Any) -> Any:
+        cursor = run(*args)
+        statements_ran.set()
+        return cursor
+
+    # The hot statements run on the driver's cursor, the others through SQLAlchemy.
+    monkeypatch.setattr(DriverStatement, "_run", staticmethod(run_and_tell))
     monkeypatch.setattr(os, "fsync", slow_fsync)
     event.listen(engine, "after_cursor_execute", on_execute)
     event.listen(engine, "commit", on_commit)
