@@ -2,9 +2,9 @@
 
 Every received instance must be committed before its sender hears success, and each commit costs
 a flush of the write-ahead log. Work submitted while a commit is in progress is gathered into the
-next transaction, each piece in its own savepoint (one failing piece never undoes another), so
-several waiting associations pay for one flush. A lone sender waits for nobody: its batch holds
-only its own work, run without a savepoint since its failure rolls back nothing but itself.
+next transaction, so several waiting associations pay for one flush. A failing piece never
+undoes another: the transaction is rolled back and the other pieces run again in a new one.
+Pieces fail rarely (a fault, not a rule), so this costs less than a savepoint around each.
 """
 
 from __future__ import annotations
@@ -89,46 +89,45 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
         while batch:
-            unready = self._attempt(batch)
-            # Jobs that could not be made ready are undone with the rest of their transaction;
-            # the others run again in a new one (their statements only touch the database).
-            batch = [job for job in batch if job not in unready and job.error is None]
-            if not unready:
+            undone = self._attempt(batch)
+            # A job that failed or could not be made ready is undone with the rest of its
+            # transaction; the others run again in a new one (their statements only touch the
+            # database, so running them again is safe).
+            batch = [job for job in batch if job.error is None]
+            if not undone:
                 return
 
-    def _attempt(self, batch: list[_Job[Any]]) -> list[_Job[Any]]:
-        unready: list[_Job[Any]] = []
+    def _attempt(self, batch: list[_Job[Any]]) -> bool:
+        """One transaction for the batch; True when it was rolled back for one job's sake."""
         try:
             with self._engine.begin() as conn:
-                if len(batch) == 1:
-                    # Nothing else shares this transaction, so a failing piece rolls back the
-                    # whole of it: the outcome a savepoint would give, without its statements.
-                    batch[0].result = batch[0].work(conn)
-                else:
-                    for job in batch:
-                        try:
-                            with conn.begin_nested():
-                                job.result = job.work(conn)
-                        except Exception as exc:
-                            job.error = exc
                 for job in batch:
-                    if job.error is None and job.ready is not None:
+                    try:
+                        job.result = job.work(conn)
+                    except Exception as exc:
+                        job.error = exc
+                        raise _Undo from exc
+                # Every job's statements ran; now each waits for its own file to be durable.
+                unready = False
+                for job in batch:
+                    if job.ready is not None:
                         try:
                             job.ready()
                         except BaseException as exc:
                             job.error = exc
-                            unready.append(job)
+                            unready = True
                 if unready:
                     raise _Undo
         except _Undo:
             for job in batch:
                 job.result = None
+            return True
         except BaseException as exc:
             # The shared commit failed: nothing of the batch is durable, every caller hears it.
             for job in batch:
                 job.error = job.error or exc
                 job.result = None
-        return unready
+        return False
 
 
 class _Undo(Exception):

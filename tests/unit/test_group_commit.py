@@ -118,3 +118,50 @@ def test_work_that_never_becomes_ready_is_undone_alone(engine: Engine) -> None:
     batch = order[order.index("ready 0") + 1 :]
     assert batch[:3] == ["statements 1", "statements 2", "statements 3"]
     assert "ready 2" in batch
+
+
+def test_a_database_error_in_a_shared_batch_undoes_only_its_own_work(engine: Engine) -> None:
+    # PostgreSQL aborts the whole transaction on an error: the others must still be committed.
+    committer = GroupCommitter(engine)
+    gate, started = threading.Event(), threading.Event()
+    results: dict[int, object] = {}
+    runs: list[int] = []
+
+    def body(n: int) -> Callable[[Connection], int]:
+        def run(conn: Connection) -> int:
+            runs.append(n)
+            if n == 0:
+                started.set()
+                gate.wait(10)
+            # Jobs 2 and 3 insert the same key: the later of the two breaks the constraint.
+            conn.execute(insert(probe).values(n={0: 0, 1: 1, 2: 2, 3: 2, 4: 4}[n]))
+            return n
+
+        return run
+
+    def submit(n: int) -> None:
+        try:
+            results[n] = committer.run(body(n))
+        except Exception as exc:  # the test looks at what the caller heard
+            results[n] = exc
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(5)]
+    threads[0].start()
+    assert started.wait(10)
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 10
+    while committer._queue.qsize() < 4 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    failed = [n for n, r in results.items() if isinstance(r, Exception)]
+    assert len(failed) == 1
+    assert failed[0] in (2, 3)
+    assert {n: r for n, r in results.items() if n not in failed} == {
+        n: n for n in range(5) if n not in failed
+    }
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(probe.c.n)).scalars()) == [0, 1, 2, 4]
+    assert len(runs) > 5  # the batch was rolled back and the others ran again
