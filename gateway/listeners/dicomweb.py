@@ -8,6 +8,7 @@ WADO-RS need a reviewer's read/search scope on ImagingStudy. Responses are appli
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from aiohttp.helpers import parse_mimetype
@@ -28,10 +29,11 @@ from gateway.listeners.retrieve import (
     retrieve_metadata,
     search_handler,
 )
-from gateway.listeners.stow import STOW_SENDER, StowRequest, TooLarge
+from gateway.listeners.stow import RECORDING_THREADS, STOW_SENDER, StowRequest, TooLarge
 from gateway.transfer_audit import TransferTally
 
 RECORDER = web.AppKey("dicomweb_recorder", InstanceRecorder)
+STOW_EXECUTOR = web.AppKey("dicomweb_stow_executor", ThreadPoolExecutor)
 
 
 async def store_instances(request: web.Request) -> web.Response:
@@ -63,6 +65,7 @@ async def store_instances(request: web.Request) -> web.Response:
         tally,
         max_instance_bytes=settings.http.stow_max_instance_bytes,
         max_request_bytes=limit,
+        executor=request.app[STOW_EXECUTOR],
     )
     forced: int | None = None
     try:
@@ -73,7 +76,7 @@ async def store_instances(request: web.Request) -> web.Response:
         # A malformed multipart body: what was stored before the fault stays stored.
         forced = 400 if not stow.results else 202
     finally:
-        await asyncio.to_thread(stow.audit)
+        await asyncio.get_running_loop().run_in_executor(request.app[STOW_EXECUTOR], stow.audit)
     status, body = stow.response()
     if forced == 413:
         return dicom_json_response(body or {}, 413)
@@ -85,6 +88,14 @@ async def store_instances(request: web.Request) -> web.Response:
 def register_dicomweb(app: web.Application, recorder: InstanceRecorder) -> None:
     """Add the DICOMweb routes to the HTTP application."""
     app[RECORDER] = recorder
+    executor = ThreadPoolExecutor(RECORDING_THREADS, thread_name_prefix="stow-record")
+    app[STOW_EXECUTOR] = executor
+
+    async def stop_recording(_app: web.Application) -> None:
+        # Requests have ended when the app is cleaned up; wait for their last parts.
+        await asyncio.to_thread(executor.shutdown, wait=True)
+
+    app.on_cleanup.append(stop_recording)
     app.router.add_post(f"{PREFIX}/studies", store_instances)
     app.router.add_post(f"{PREFIX}/studies/{{study}}", store_instances)
     study, series = f"{PREFIX}/studies/{{study}}", f"{PREFIX}/studies/{{study}}/series/{{series}}"

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 
 # Parts recorded concurrently within one request.
 PARTS_IN_FLIGHT = 8
+# Threads recording STOW-RS parts, all requests together. They are the gateway's own, not the
+# event loop's default executor, which token validation, readiness and the FHIR handlers share:
+# a burst of uploads queues here and never delays a reviewer's request or a health check.
+RECORDING_THREADS = 2 * PARTS_IN_FLIGHT
 STOW_SENDER = "STOW-RS"
 
 
@@ -109,8 +114,10 @@ class StowRequest:
         *,
         max_instance_bytes: int,
         max_request_bytes: int,
+        executor: Executor | None = None,
     ) -> None:
         self._recorder = recorder
+        self._executor = executor
         self._incoming = incoming
         self._base = base_url.rstrip("/")
         self._study_uid = study_uid
@@ -183,7 +190,10 @@ class StowRequest:
         self, path: Path, sha256: str, peer: str | None, slots: asyncio.Semaphore
     ) -> PartResult:
         try:
-            return await asyncio.to_thread(self._store_and_discard, path, sha256, peer)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, self._store_and_discard, path, sha256, peer
+            )
         finally:
             slots.release()
 

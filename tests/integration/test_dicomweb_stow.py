@@ -232,3 +232,47 @@ async def test_stow_needs_the_pacs_principal(gw: Gateway, tmp_path: Path) -> Non
     assert response.status == 403
     assert gw.rows() == []
     assert "instances-transferred" not in gw.audit_text()
+
+
+async def test_a_burst_of_uploads_never_delays_other_requests(
+    gw: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Token validation, readiness and the FHIR and QIDO handlers run on the event loop's default
+    # executor: parts being recorded must not hold its threads (a small pool here, as on 2 cores).
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(4))
+    release, lock, all_waiting = threading.Event(), threading.Lock(), asyncio.Event()
+    recording = [0]
+    record = InstanceRecorder.record
+
+    def slow_record(self: InstanceRecorder, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            recording[0] += 1
+            if recording[0] == 8:
+                loop.call_soon_threadsafe(all_waiting.set)
+        release.wait(30)  # a slow disk under every part at once
+        return record(self, *args, **kwargs)
+
+    monkeypatch.setattr(InstanceRecorder, "record", slow_record)
+    study = generate_uid()
+    parts = [write_dicom(tmp_path / f"{n}.dcm", study).read_bytes() for n in range(10)]
+    headers = {"Content-Type": RELATED, "Authorization": f"Bearer {gw.token()}"}
+    upload = asyncio.create_task(
+        gw.client.post("/dicomweb/studies", data=_body(*parts), headers=headers)
+    )
+    await asyncio.wait_for(all_waiting.wait(), 20)
+    assert recording[0] == 8  # every part in flight of the request is waiting on the disk
+    try:
+        ready = await asyncio.wait_for(gw.client.get("/readyz"), 5)
+        assert ready.status == 200
+        reviewer = {"Authorization": f"Bearer {gw.token('reviewer')}"}
+        search = await asyncio.wait_for(gw.client.get("/dicomweb/studies", headers=reviewer), 5)
+        assert search.status in (200, 204)
+    finally:
+        release.set()
+    stored = await asyncio.wait_for(upload, 30)
+    assert stored.status == 200
+    assert len(gw.rows()) == 10
