@@ -47,7 +47,9 @@ instances are kept byte for byte in the transfer syntax they arrived in.
 
 - Called AE title: configured (`dicom.ae_title`, default `HITLGW`); calling AE titles may be
   restricted to an allowlist (`dicom.allowed_calling_aes`); others are rejected
-  (rejected-permanent, calling AE title not recognised) and the rejection is audited.
+  (rejected-permanent, calling AE title not recognised) and the rejection is audited. With
+  `dicom.check_called_ae_title` (default off, as most archives) an association addressed to
+  another AE title is rejected (rejected-permanent, called AE title not recognised) and audited.
 - Concurrent associations: `dicom.maximum_associations` (default 32); beyond it, rejected-transient.
 - ARTIM: a connection that does not request (or release) an association within
   `dicom.acse_timeout_seconds` (default 10 s) is closed.

@@ -41,6 +41,12 @@ class DicomSettings:
         default=(),
         metadata=_doc("Calling AE titles allowed to associate; empty allows any (site choice)."),
     )
+    check_called_ae_title: bool = field(
+        default=False,
+        metadata=_doc(
+            "Reject associations whose called AE title is not `ae_title` (a misrouted sender)."
+        ),
+    )
     max_pdu: int = field(
         default=131072, metadata=_doc("Maximum PDU length offered, in bytes (0 = unlimited).")
     )

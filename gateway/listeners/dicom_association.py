@@ -36,6 +36,7 @@ class AcceptancePolicy:
     ae_title: str
     supported: Mapping[str, frozenset[str]]  # abstract syntax → transfer syntaxes accepted
     allowed_calling_aes: frozenset[str] = frozenset()
+    check_called_ae: bool = False  # refuse associations addressed to another AE title
     max_pdu: int = 131072
     artim_seconds: float = 10.0
     idle_seconds: float = 60.0
@@ -207,6 +208,13 @@ class Association:
             # Rejected-permanent, service user, calling AE title not recognised.
             self._send(pdu.encode_associate_rj(1, 1, 3))
             self._handler.rejected(self.peer, "calling AE title is not allowed")
+            return False
+        if self._policy.check_called_ae and request.called_ae != self._policy.ae_title:
+            # Rejected-permanent, service user, called AE title not recognised (PS3.8 9.3.4).
+            self._send(pdu.encode_associate_rj(1, 1, 7))
+            self._handler.rejected(
+                self.peer, f"called AE title {request.called_ae!r} is not {self._policy.ae_title!r}"
+            )
             return False
         if self._over_limit():
             # Rejected-transient, service provider (presentation), local limit exceeded.

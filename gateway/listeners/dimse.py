@@ -65,6 +65,7 @@ class DimseListener:
             ae_title=dicom.ae_title,
             supported=supported,
             allowed_calling_aes=frozenset(dicom.allowed_calling_aes),
+            check_called_ae=dicom.check_called_ae_title,
             max_pdu=dicom.max_pdu,
             # Also bounds a connection that never requests an association (a port probe, a
             # load balancer's check): it keeps a slot until then.

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -65,12 +66,24 @@ def _wait_until_listening(port: int, timeout: float = 10.0) -> None:
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
     """The DIMSE listener on a free port of 127.0.0.1 with SQLite and a temporary data dir."""
+    yield from _gateway(tmp_path)
+
+
+@pytest.fixture
+def strict_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """The same listener, refusing associations addressed to another AE title."""
+    yield from _gateway(tmp_path / "strict", check_called_ae_title=True)
+
+
+def _gateway(tmp_path: Path, **dicom: Any) -> Iterator[Gateway]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     settings = Settings(
         dicom=DicomSettings(
             port=0,
             host=HOST,
             ae_title=AE_TITLE,
             allowed_calling_aes=("STORESCU", "ECHOSCU", "PYSCU"),
+            **dicom,
         ),
         storage=StorageSettings(data_dir=tmp_path / "var"),
     )
@@ -197,6 +210,36 @@ def test_a_calling_ae_outside_the_allowlist_is_rejected_and_audited(gateway: Gat
             break
         time.sleep(0.05)
     assert any("INTRUDER" in text and "not allowed" in text for text in audit)
+
+
+def _audit_mentioning(gateway: Gateway, text: str) -> list[str]:
+    deadline = time.monotonic() + 10
+    while True:  # refusals are audited from the association's thread
+        with gateway.engine.connect() as conn:
+            audit = list(conn.execute(select(audit_log.c.resource)).scalars())
+        found = [record for record in audit if text in record]
+        if found or time.monotonic() > deadline:
+            return found
+
+
+def test_a_misrouted_association_is_rejected_when_the_called_ae_is_checked(
+    gateway: Gateway, strict_gateway: Gateway
+) -> None:
+    # By default (as dcmtk's storescp and Orthanc) any called AE title is accepted.
+    lenient = _dcmtk("echoscu", "-aet", "ECHOSCU", "-aec", "OTHERPACS", HOST, str(gateway.port))
+    assert lenient.returncode == 0, lenient.stderr
+    right = _dcmtk("echoscu", "-aet", "ECHOSCU", "-aec", AE_TITLE, HOST, str(strict_gateway.port))
+    assert right.returncode == 0, right.stderr
+    wrong = _dcmtk(
+        "echoscu", "-aet", "ECHOSCU", "-aec", "OTHERPACS", HOST, str(strict_gateway.port)
+    )
+    assert wrong.returncode != 0
+    said = (wrong.stdout + wrong.stderr).lower()
+    assert "rejected permanent" in said
+    assert "called ae title not recognized" in said
+    refusals = _audit_mentioning(strict_gateway, "OTHERPACS")
+    assert refusals
+    assert "called AE title" in refusals[0]
 
 
 def test_a_received_data_set_is_wrapped_as_part10_with_its_bytes_unchanged(
