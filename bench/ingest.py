@@ -6,8 +6,10 @@ Data (generated once into the work directory): "CT", one study of 300 slices of 
 TCP no-delay, with 1 and with 4 concurrent associations; STOW-RS as plain multipart POSTs (20
 instances per request for CT, 1 for CXR) into the gateway and Orthanc's DICOMweb plugin.
 Orthanc keeps its default durability (fsync of every file), as the gateway does; storescp does
-not fsync. Each row prints instances/s, MB/s, receiver CPU seconds, CPU s per GB, peak RSS and
-the gateway's ratios to Orthanc and storescp measured in the same run.
+not fsync. Each row prints instances/s, MB/s, receiver CPU seconds, CPU s per GB, peak memory
+(summed RSS of the receiver's process tree, RSS of the receiving process, and summed PSS of the
+tree, which counts pages shared between its processes once) and the gateway's ratios to Orthanc
+and storescp measured in the same run.
 
     .venv/bin/python -m bench.ingest [--workdir DIR] [--repeat N] [--only CT,CXR,1GB,STOW]
 """
@@ -56,6 +58,7 @@ class Row:
     cpu_seconds: float
     peak_rss_mb: float
     peak_own_rss_mb: float
+    peak_pss_mb: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -217,6 +220,7 @@ def measure(
         meter.cpu_seconds,
         meter.peak_rss / 2**20,
         meter.peak_own_rss / 2**20,
+        meter.peak_pss / 2**20,
     )
 
 
@@ -225,8 +229,9 @@ def _median(rows: list[Row]) -> Row:
     cpu = statistics.median(r.cpu_seconds for r in rows)
     rss = max(r.peak_rss_mb for r in rows)
     own = max(r.peak_own_rss_mb for r in rows)
+    pss = max(r.peak_pss_mb for r in rows)
     return Row(pick.data, pick.transport, pick.receiver, pick.instances, pick.megabytes,
-               pick.seconds, cpu, rss, own)  # fmt: skip
+               pick.seconds, cpu, rss, own, pss)  # fmt: skip
 
 
 def table(rows: list[Row]) -> str:
@@ -234,9 +239,9 @@ def table(rows: list[Row]) -> str:
     by_key = {(r.data, r.transport, r.receiver): r for r in rows}
     lines = [
         "| data | transport | receiver | inst/s | MB/s | CPU s | CPU s/GB | peak RSS MB "
-        "| of which receiving process "
+        "| of which receiving process | peak PSS MB "
         "| x Orthanc | x storescp |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         ratios = []
@@ -247,7 +252,8 @@ def table(rows: list[Row]) -> str:
         lines.append(
             f"| {r.data} | {r.transport} | {r.receiver} | {r.per_second:.1f} | "
             f"{r.mb_per_second:.0f} | {r.cpu_seconds:.2f} | {r.cpu_per_gb:.1f} | "
-            f"{r.peak_rss_mb:.0f} | {r.peak_own_rss_mb:.0f} | {ratios[0]} | {ratios[1]} |"
+            f"{r.peak_rss_mb:.0f} | {r.peak_own_rss_mb:.0f} | {r.peak_pss_mb:.0f} | "
+            f"{ratios[0]} | {ratios[1]} |"
         )
     return "\n".join(lines)
 
