@@ -15,29 +15,28 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from pydicom.uid import generate_uid
 from sqlalchemy import (
     Connection,
     Engine,
-    Integer,
-    bindparam,
-    case,
-    func,
-    insert,
-    select,
-    update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import Insert
 
 from gateway.audit.trail import record_event
 from gateway.dicom_header import ParsedHeader, data_set_offset, parse_header
 from gateway.domain.model import Actor, StoredInstance, StudyState
 from gateway.group_commit import GroupCommitter
-from gateway.persistence.driver_statement import DriverStatement
-from gateway.persistence.tables import instance_attributes, instances, studies
+from gateway.instance_rows import (
+    complete_on_count,
+    earlier_versions,
+    insert_attributes,
+    insert_instance,
+    instance_row,
+    latest_version,
+    stored_instance,
+    study_now,
+    upsert_study,
+)
 from gateway.pipeline import Event, PipelineEvent
 from gateway.settings import Settings
 from gateway.spool import Spool, SpoolCollisionError, SpooledFile
@@ -54,80 +53,7 @@ __all__ = [
 
 # A new version number is tried this many times when the file name is taken by another writer.
 MAX_VERSION_ATTEMPTS = 20
-# Study attributes taken from the first instance that carries them.
-_FIRST_VALUE_WINS = ("patient_id", "patient_name", "accession_number", "encounter_id", "modality")
 _SAFE_ID = re.compile(r"[^A-Za-z0-9.-]+")
-
-# The statements of the record path are built once: constructing and hashing a statement per
-# instance cost more than running it. Values travel as bound parameters.
-_LATEST_VERSION = (
-    select(instances.c.version)
-    .where(instances.c.sop_instance_uid == bindparam("sop_uid"))
-    .order_by(instances.c.version.desc())
-    .limit(1)
-)
-_EARLIER_COLUMNS = tuple(c.name for c in instances.columns)
-_EARLIER = DriverStatement(
-    select(instances).where(instances.c.sop_instance_uid == bindparam("sop_uid"))
-)
-_INSERT_INSTANCE = DriverStatement(insert(instances))
-_INSERT_ATTRIBUTES = DriverStatement(insert(instance_attributes))
-_STUDY = DriverStatement(
-    select(
-        studies.c.state,
-        studies.c.modality,
-        studies.c.complete_by,
-        studies.c.expected_instances,
-    ).where(studies.c.study_instance_uid == bindparam("study_uid"))
-)
-_COMPLETE_ON_COUNT = DriverStatement(
-    update(studies)
-    .where(
-        studies.c.study_instance_uid == bindparam("study_uid"),
-        studies.c.expected_instances.is_not(None),
-        studies.c.instance_count >= studies.c.expected_instances,
-    )
-    .values(stable_due_at=bindparam("now"))
-)
-
-
-def _upsert_study_statement(dialect_insert: Callable[..., Insert]) -> Insert:
-    # postgresql.insert and sqlite.insert share on_conflict_do_update and excluded.
-    stmt: Any = dialect_insert(studies)
-    excluded = stmt.excluded
-    receiving = studies.c.state == StudyState.RECEIVING.value
-    keep_first = {
-        name: case((studies.c[name] == "", excluded[name]), else_=studies.c[name])
-        for name in _FIRST_VALUE_WINS
-    }
-    # Any new instance (re-)opens the study: a scored study is scored again, and a study being
-    # scored loses its lease so the scoring step's result for the older content is discarded.
-    upsert: Insert = stmt.on_conflict_do_update(
-        index_elements=[studies.c.study_instance_uid],
-        set_={
-            **keep_first,
-            "state": StudyState.RECEIVING.value,
-            "instance_count": studies.c.instance_count + bindparam("added", type_=Integer),
-            "last_received_at": excluded.last_received_at,
-            "stable_due_at": excluded.stable_due_at,
-            "lease_owner": None,
-            "lease_until": None,
-            "updated_at": excluded.updated_at,
-            "expected_instances": func.coalesce(
-                excluded.expected_instances, studies.c.expected_instances
-            ),
-            # A re-opened study gets a fresh maximum wait; a receiving one keeps its own.
-            "complete_by": case((receiving, studies.c.complete_by), else_=excluded.complete_by),
-            "claim_attempts": 0,
-        },
-    )
-    return upsert
-
-
-_UPSERT_STUDY = {
-    "postgresql": DriverStatement(_upsert_study_statement(postgresql.insert)),
-    "sqlite": DriverStatement(_upsert_study_statement(sqlite.insert)),
-}
 
 
 class Disposition(enum.StrEnum):
@@ -164,15 +90,6 @@ def sender_actor(calling_ae: str, peer_address: str = "") -> Actor:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class _StudyNow(NamedTuple):
-    """The study row as the upsert of a received instance finds it."""
-
-    state: str
-    modality: str
-    complete_by: datetime | None
-    expected_instances: int | None
 
 
 class _Rehearsed(Exception):
@@ -332,8 +249,7 @@ class InstanceRecorder:
 
     def _latest_version(self, sop_uid: str) -> int:
         with self._engine.connect() as conn:
-            latest = conn.execute(_LATEST_VERSION, {"sop_uid": sop_uid}).scalar()
-        return int(latest or 0)
+            return latest_version(conn, sop_uid)
 
     def _commit(
         self,
@@ -384,13 +300,12 @@ class InstanceRecorder:
         transfer_id: str | None,
     ) -> IngestOutcome | _Superseded:
         now = self._clock()
-        earlier = [
-            dict(zip(_EARLIER_COLUMNS, row, strict=True))
-            for row in _EARLIER.rows(conn, {"sop_uid": header.sop_instance_uid})
-        ]
+        earlier = earlier_versions(conn, header.sop_instance_uid)
         same = next((r for r in earlier if r["sha256"] == spooled.sha256), None)
         if same is not None:
-            outcome = IngestOutcome(Disposition.DUPLICATE, _stored(same, header), same["version"])
+            outcome = IngestOutcome(
+                Disposition.DUPLICATE, stored_instance(same, header), same["version"]
+            )
             previous_state = ""
         else:
             latest = max((r["version"] for r in earlier), default=0)
@@ -413,16 +328,16 @@ class InstanceRecorder:
                 calling_ae=calling_ae.strip()[:16],
                 received_at=now,
             )
-            _INSERT_INSTANCE.execute(
+            insert_instance(
                 conn,
                 {
-                    **_row(stored, version),
+                    **instance_row(stored, version),
                     "transfer_id": transfer_id,
                     "transfer_audited": transfer_id is None,
                 },
             )
             if header.attributes:
-                _INSERT_ATTRIBUTES.execute(
+                insert_attributes(
                     conn,
                     {
                         **header.attributes,
@@ -451,8 +366,7 @@ class InstanceRecorder:
     def _upsert_study(
         self, conn: Connection, header: ParsedHeader, now: datetime, new_in_study: bool
     ) -> str:
-        found = _STUDY.rows(conn, {"study_uid": header.study_instance_uid})
-        existing = _StudyNow(*found[0]) if found else None
+        existing = study_now(conn, header.study_instance_uid)
         quiet = self._settings.assembly.quiet_period(header.modality)
         if existing is not None and existing.modality:
             # A study of mixed modalities waits as long as its slowest modality asks for.
@@ -462,8 +376,7 @@ class InstanceRecorder:
         if receiving_now and existing is not None and existing.complete_by is not None:
             # Never past the maximum wait of the study being received.
             due = min(due, existing.complete_by)
-        upsert = _UPSERT_STUDY["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
-        upsert.execute(
+        upsert_study(
             conn,
             {
                 "study_instance_uid": header.study_instance_uid,
@@ -491,14 +404,10 @@ class InstanceRecorder:
         if header.expected_instances is not None or (
             existing is not None and existing.expected_instances is not None
         ):
-            self._complete_on_count(conn, header.study_instance_uid, now)
+            # After the upsert, on the row this transaction has locked, so concurrent
+            # associations of one study count exactly.
+            complete_on_count(conn, header.study_instance_uid, now)
         return "" if existing is None else str(existing.state)
-
-    @staticmethod
-    def _complete_on_count(conn: Connection, study_uid: str, now: datetime) -> None:
-        """Expected count reached → stable now. Runs after the upsert, on the row this
-        transaction has locked, so concurrent associations of one study count exactly."""
-        _COMPLETE_ON_COUNT.execute(conn, {"study_uid": study_uid, "now": now})
 
     @staticmethod
     def _stored_event(
@@ -534,39 +443,3 @@ class InstanceRecorder:
             encounter_id=header.encounter_id,
             detail=detail,
         )
-
-
-def _row(stored: StoredInstance, version: int) -> dict[str, Any]:
-    return {
-        "sop_instance_uid": stored.sop_instance_uid,
-        "version": version,
-        "sop_class_uid": stored.sop_class_uid,
-        "study_instance_uid": stored.study_instance_uid,
-        "series_instance_uid": stored.series_instance_uid,
-        "transfer_syntax_uid": stored.transfer_syntax_uid,
-        "modality": stored.modality,
-        "path": stored.path,
-        "size": stored.size,
-        "sha256": stored.sha256,
-        "calling_ae": stored.calling_ae,
-        "received_at": stored.received_at,
-    }
-
-
-def _stored(row: Mapping[str, Any], header: ParsedHeader) -> StoredInstance:
-    return StoredInstance(
-        sop_instance_uid=row["sop_instance_uid"],
-        sop_class_uid=row["sop_class_uid"],
-        study_instance_uid=row["study_instance_uid"],
-        series_instance_uid=row["series_instance_uid"],
-        transfer_syntax_uid=row["transfer_syntax_uid"],
-        path=row["path"],
-        size=row["size"],
-        sha256=row["sha256"],
-        modality=row["modality"],
-        patient_id=header.patient_id,
-        patient_name=header.patient_name,
-        accession_number=header.accession_number,
-        calling_ae=row["calling_ae"],
-        received_at=row["received_at"],
-    )
