@@ -40,6 +40,9 @@ PARTS_IN_FLIGHT = 8
 # event loop's default executor, which token validation, readiness and the FHIR handlers share:
 # a burst of uploads queues here and never delays a reviewer's request or a health check.
 RECORDING_THREADS = 2 * PARTS_IN_FLIGHT
+# A part's bytes are gathered up to this size, then written and hashed on those threads: a slow
+# disk holds up its own upload (TCP pushes back on the sender), never the event loop.
+WRITE_BYTES = 1024 * 1024
 STOW_SENDER = "STOW-RS"
 
 
@@ -81,8 +84,10 @@ class _IncomingPart:
     out: BinaryIO
     size: int = 0
     digest: DataSetDigest = field(default_factory=DataSetDigest)
+    pending: bytearray = field(default_factory=bytearray)  # received, not yet written
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
+        """Append to the file and the digest (on a recording thread, not the event loop)."""
         self.out.write(data)
         self.digest.update(data)
 
@@ -148,7 +153,9 @@ class StowRequest:
                     if isinstance(event, PartData):
                         if part is not None:
                             self._count(len(event.data), part)
-                            part.write(event.data)
+                            part.pending += event.data
+                            if len(part.pending) >= WRITE_BYTES:
+                                await self._write(part)
                     elif isinstance(event, PartStart):
                         media = parse_mimetype(
                             event.headers.get("content-type", "application/dicom")
@@ -161,6 +168,7 @@ class StowRequest:
                         else:
                             part = _IncomingPart.open(self._incoming)
                     elif part is not None:  # PartEnd of an application/dicom part
+                        await self._write(part)
                         path, sha256 = part.close(), part.digest.hexdigest()
                         part = None
                         await slots.acquire()
@@ -179,6 +187,11 @@ class StowRequest:
             # Whatever ended the request, every part already received is recorded and reported.
             for item in ordered:
                 self.results.append(await item if isinstance(item, asyncio.Task) else item)
+
+    async def _write(self, part: _IncomingPart) -> None:
+        data, part.pending = part.pending, bytearray()
+        if data:
+            await asyncio.get_running_loop().run_in_executor(self._executor, part.write, data)
 
     def _count(self, nbytes: int, part: _IncomingPart) -> None:
         part.size += nbytes

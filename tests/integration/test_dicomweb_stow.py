@@ -276,3 +276,38 @@ async def test_a_burst_of_uploads_never_delays_other_requests(
     stored = await asyncio.wait_for(upload, 30)
     assert stored.status == 200
     assert len(gw.rows()) == 10
+
+
+async def test_a_slow_disk_holds_up_its_own_upload_not_the_event_loop(
+    gw: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A part's bytes are written and hashed on the recording threads: while the disk stalls
+    # (3 s here), health checks and other requests are still answered at once.
+    import time
+
+    from gateway.listeners import stow
+
+    loop = asyncio.get_running_loop()
+    writing, stalled_at = asyncio.Event(), [0.0]
+    write = stow._IncomingPart.write
+
+    def stalled_write(self: Any, data: bytes | bytearray) -> None:
+        stalled_at[0] = time.monotonic()
+        loop.call_soon_threadsafe(writing.set)
+        time.sleep(3)  # the disk under dirty-page throttling
+        write(self, data)
+
+    monkeypatch.setattr(stow._IncomingPart, "write", stalled_write)
+    part = write_dicom(tmp_path / "a.dcm", generate_uid()).read_bytes()
+    headers = {"Content-Type": RELATED, "Authorization": f"Bearer {gw.token()}"}
+    upload = asyncio.create_task(
+        gw.client.post("/dicomweb/studies", data=_body(part), headers=headers)
+    )
+    await asyncio.wait_for(writing.wait(), 10)
+    health = await asyncio.wait_for(gw.client.get("/healthz"), 10)
+    assert health.status == 200
+    assert time.monotonic() - stalled_at[0] < 1.0  # answered during the stall, not after it
+    assert not upload.done()
+    stored = await asyncio.wait_for(upload, 30)
+    assert stored.status == 200
+    assert len(gw.rows()) == 1
