@@ -17,10 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydicom.uid import generate_uid
-from sqlalchemy import (
-    Connection,
-    Engine,
-)
+from sqlalchemy import Connection, Engine
 
 from gateway.audit.trail import record_event
 from gateway.dicom_header import ParsedHeader, data_set_offset, parse_header
