@@ -181,9 +181,10 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
                 stack.push_async_callback(updater.aclose)
         if encounters is not None:
             stack.push_async_callback(encounters.aclose)
+        # Before either port opens: a health check that answers means DICOM is accepted too.
+        await asyncio.to_thread(_rehearse_ingest, recorder, settings)
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
         await site.start()
-        await asyncio.to_thread(_rehearse_ingest, recorder, settings)
         dimse.start()
         stack.callback(dimse.stop)
         workers.append(asyncio.create_task(_reap_spool(engine, settings), name="spool-reaper"))
