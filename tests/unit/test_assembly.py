@@ -6,7 +6,6 @@ Every test runs on SQLite and on PostgreSQL (`database_url` from tests/conftest.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,12 +17,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import Engine, func, select
 
 from gateway.assembly import StudyAssembler
-from gateway.audit.trail import ensure_head
 from gateway.domain.errors import IllegalTransition, InvalidInput
 from gateway.domain.model import StudyState
 from gateway.ingest import Disposition, InstanceRecorder, ParsedHeader, parse_header
-from gateway.persistence.db import make_engine
-from gateway.persistence.tables import audit_log, instances, metadata, studies
+from gateway.persistence.tables import audit_log, instances, studies
 from gateway.settings import Settings
 from gateway.spool import Spool
 
@@ -66,19 +63,6 @@ def write_dicom(
     ds.PixelData = bytes((i + pixel_seed) % 256 for i in range(256))
     ds.save_as(path, enforce_file_format=True)
     return path
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """The gateway's tables and an empty audit chain."""
-    engine = make_engine(database_url)
-    with engine.begin() as conn:
-        metadata.create_all(conn)
-        ensure_head(conn)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 class Clock:

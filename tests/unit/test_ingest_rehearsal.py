@@ -5,35 +5,18 @@ Runs on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, func, select
 
-from gateway.audit.trail import ensure_head
 from gateway.audit.verify import verify_chain
 from gateway.ingest import Disposition, InstanceRecorder, parse_header
 from gateway.ingest_rehearsal import rehearsal_data_set, rehearse_ingest
-from gateway.persistence.db import make_engine
 from gateway.persistence.tables import metadata
 from gateway.settings import Settings
 from gateway.spool import Spool, SpooledFile
 from tests.unit.test_assembly import write_dicom
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """The gateway's tables and an empty audit chain."""
-    engine = make_engine(database_url)
-    with engine.begin() as conn:
-        metadata.create_all(conn)
-        ensure_head(conn)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def _everything(engine: Engine) -> dict[str, Any]:

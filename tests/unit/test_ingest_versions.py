@@ -6,7 +6,6 @@ choice. Every test runs on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +13,11 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import Engine, select
 
-from gateway.audit.trail import ensure_head
 from gateway.ingest import Disposition, InstanceRecorder, parse_header
-from gateway.persistence.db import make_engine
-from gateway.persistence.tables import instance_attributes, instances, metadata
+from gateway.persistence.tables import instance_attributes, instances
 from gateway.settings import Settings
 from gateway.spool import Spool
 from tests.unit.test_assembly import write_dicom
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """The gateway's tables and an empty audit chain."""
-    engine = make_engine(database_url)
-    with engine.begin() as conn:
-        metadata.create_all(conn)
-        ensure_head(conn)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

@@ -26,14 +26,13 @@ from gateway.settings import AssemblySettings, Settings
 from gateway.spool import Spool
 from gateway.spool_reaper import reap_orphans
 from gateway.transfer_audit import TransferTally, audit_interrupted_transfers, audit_transfer
-from tests.unit.test_assembly import (  # noqa: F401  (clock, engine, recorder: fixtures)
+from tests.unit.test_assembly import (  # noqa: F401  (clock, recorder: fixtures)
     T0,
     Clock,
     _as_utc,
     _store,
     _study,
     clock,
-    engine,
     recorder,
     write_dicom,
 )
