@@ -25,6 +25,28 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+def _behind_a_slow_first(
+    committer: GroupCommitter,
+    submit: Callable[[int], None],
+    jobs: int,
+    started: threading.Event,
+    gate: threading.Event,
+) -> None:
+    """Job 0 holds the committing thread (inside its work until `gate`) while the others queue
+    up behind it, so they share the next batch; then every job runs to its end."""
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(jobs)]
+    threads[0].start()
+    assert started.wait(10)  # the committing thread is inside the first transaction
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 10
+    while committer._queue.qsize() < jobs - 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    gate.set()
+    for t in threads:
+        t.join(10)
+
+
 def test_waiting_work_shares_one_commit_and_a_failure_undoes_only_itself(engine: Engine) -> None:
     commits: list[int] = []
     event.listen(engine, "commit", lambda _conn: commits.append(1))
@@ -50,17 +72,7 @@ def test_waiting_work_shares_one_commit_and_a_failure_undoes_only_itself(engine:
     def submit(n: int) -> None:
         results[n] = work(n)
 
-    threads = [threading.Thread(target=submit, args=(n,)) for n in range(8)]
-    threads[0].start()
-    assert started.wait(10)  # the committing thread is inside the first transaction
-    deadline = time.monotonic() + 10
-    for t in threads[1:]:
-        t.start()
-    while committer._queue.qsize() < 7 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    gate.set()
-    for t in threads:
-        t.join(10)
+    _behind_a_slow_first(committer, submit, 8, started, gate)
     assert isinstance(results.pop(5), ValueError)
     assert results == {n: n for n in (0, 1, 2, 3, 4, 6, 7)}
     with engine.connect() as conn:
@@ -99,17 +111,7 @@ def test_work_that_never_becomes_ready_is_undone_alone(engine: Engine) -> None:
         except OSError as exc:
             results[n] = exc
 
-    threads = [threading.Thread(target=submit, args=(n,)) for n in range(4)]
-    threads[0].start()
-    assert started.wait(10)
-    for t in threads[1:]:
-        t.start()
-    deadline = time.monotonic() + 10
-    while committer._queue.qsize() < 3 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    gate.set()
-    for t in threads:
-        t.join(10)
+    _behind_a_slow_first(committer, submit, 4, started, gate)
     assert isinstance(results.pop(2), OSError)
     assert results == {0: 0, 1: 1, 3: 3}
     with engine.connect() as conn:
@@ -145,17 +147,7 @@ def test_a_database_error_in_a_shared_batch_undoes_only_its_own_work(engine: Eng
         except Exception as exc:  # the test looks at what the caller heard
             results[n] = exc
 
-    threads = [threading.Thread(target=submit, args=(n,)) for n in range(5)]
-    threads[0].start()
-    assert started.wait(10)
-    for t in threads[1:]:
-        t.start()
-    deadline = time.monotonic() + 10
-    while committer._queue.qsize() < 4 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    gate.set()
-    for t in threads:
-        t.join(10)
+    _behind_a_slow_first(committer, submit, 5, started, gate)
     failed = [n for n, r in results.items() if isinstance(r, Exception)]
     assert len(failed) == 1
     assert failed[0] in (2, 3)

@@ -39,13 +39,19 @@ def _record(recorder: InstanceRecorder, path: Path) -> tuple[Disposition, int]:
     return outcome.disposition, outcome.version
 
 
+def _orphan(tmp_path: Path, study: str, sop: str) -> Path:
+    """A partial version 1 left in the spool by a crash, with no row."""
+    orphan = tmp_path / "spool" / study / f"{sop}.1.dcm"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"partial")
+    return orphan
+
+
 def test_an_orphan_of_a_crash_is_skipped(
     engine: Engine, recorder: InstanceRecorder, tmp_path: Path
 ) -> None:
     study, sop = generate_uid(), generate_uid()
-    orphan = tmp_path / "spool" / study / f"{sop}.1.dcm"
-    orphan.parent.mkdir(parents=True)
-    orphan.write_bytes(b"partial")
+    orphan = _orphan(tmp_path, study, sop)
     path = write_dicom(tmp_path / "a.dcm", study, sop_uid=sop)
     assert _record(recorder, path) == (Disposition.STORED, 2)
     assert _record(recorder, path) == (Disposition.DUPLICATE, 2)
@@ -57,9 +63,7 @@ def test_a_freed_name_below_the_latest_version_is_not_reused(
     engine: Engine, recorder: InstanceRecorder, tmp_path: Path
 ) -> None:
     study, sop = generate_uid(), generate_uid()
-    orphan = tmp_path / "spool" / study / f"{sop}.1.dcm"
-    orphan.parent.mkdir(parents=True)
-    orphan.write_bytes(b"partial")
+    orphan = _orphan(tmp_path, study, sop)
     first = write_dicom(tmp_path / "a.dcm", study, sop_uid=sop)
     assert _record(recorder, first) == (Disposition.STORED, 2)
     orphan.unlink()  # the reaper removed the orphan: version 1's name is free again
