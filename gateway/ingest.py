@@ -174,7 +174,8 @@ class InstanceRecorder:
             self._commit_in(conn, spooled, 1, header, "REHEARSAL", "", None)
             transferred = replace(header, sop_instance_uid=generate_uid())
             outcome = self._commit_in(conn, spooled, 1, transferred, "REHEARSAL", "", "rehearsal")
-            assert isinstance(outcome, IngestOutcome)
+            if not isinstance(outcome, IngestOutcome):  # a fresh UID cannot be recorded already
+                raise RuntimeError("the rehearsal's instance is recorded already")
             if also is not None:
                 also(conn, outcome)
             rehearsed.append(outcome)
