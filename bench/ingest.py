@@ -2,9 +2,11 @@
 
 Data (generated once into the work directory): "CT", one study of 300 slices of 512x512 16-bit
 (0.53 MB each); "CXR", 20 chest X-rays of 2500x2500 16-bit (12.5 MB each); "1 GB", one study of
-80 such X-rays, received by the gateway only, for its peak memory. Senders: dcmtk `storescu` with
-TCP no-delay, with 1 and with 4 concurrent associations; STOW-RS as plain multipart POSTs (20
-instances per request for CT, 1 for CXR) into the gateway and Orthanc's DICOMweb plugin.
+80 such X-rays, received by the gateway only, for its peak memory (once as configured by default,
+where inference children start only when a study is scored, and once with them started).
+Senders: dcmtk `storescu` with TCP no-delay, with 1 and with 4 concurrent associations; STOW-RS
+as plain multipart POSTs (20 instances per request for CT, 1 for CXR) into the gateway and
+Orthanc's DICOMweb plugin.
 Orthanc keeps its default durability (fsync of every file), as the gateway does; storescp does
 not fsync. Each row prints instances/s, MB/s, receiver CPU seconds, CPU s per GB, peak memory
 (summed RSS of the receiver's process tree, RSS of the receiving process, and summed PSS of the
@@ -297,6 +299,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "1GB" in wanted:
         data["1 GB"] = generate(work, "xl", 80, 2500, DX_CLASS)
         plan += [(r, "1 GB", "C-STORE x1", 1) for r in receivers if r.name == "gateway"]
+        if any(r.name == "gateway" for r in receivers):
+            # Inference children start when a study needs one; this run starts them with the
+            # gateway (idle, no model loaded yet), for the tree's memory with them running.
+            warm = GatewayReceiver(
+                work,
+                args.postgres,
+                name="gateway, inference children started",
+                extra_env={"HITL_GATEWAY_SCORING__WORKER_IDLE_SECONDS": "0"},
+            )
+            plan += [(warm, "1 GB", "C-STORE x1", 1)]
     rows = []
     for receiver, name, transport, associations in plan:
         runs = [

@@ -150,9 +150,18 @@ class GatewayReceiver:
     name = "gateway"
     ae_title = "HITLGW"
 
-    def __init__(self, directory: Path, postgres_admin_url: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        postgres_admin_url: str = "",
+        *,
+        name: str = "gateway",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
         self.directory = directory
         self.postgres_admin_url = postgres_admin_url
+        self.extra_env = dict(extra_env or {})
         self.gw: GatewayProcess | None = None
         self.dicom_port = 0
         self.http_port = 0
@@ -168,6 +177,7 @@ class GatewayReceiver:
             "HITL_GATEWAY_ASSEMBLY__STABLE_SECONDS": "3600",
             "HITL_GATEWAY_ASSEMBLY__PER_MODALITY": "CT=3600,DX=3600",
             "HITL_GATEWAY_DICOM__MAXIMUM_ASSOCIATIONS": str(max(associations, 4)),
+            **self.extra_env,
         }
         self.gw = GatewayProcess(data, self._database_url(data), env)
         self.gw.cli("db", "upgrade")

@@ -386,7 +386,19 @@ class ScoringSettings:
         default=30.0,
         metadata=_doc("Per-study scoring timeout; past it the study gets standard triage."),
     )
-    workers: int = field(default=1, metadata=_doc("Inference worker threads."))
+    workers: int = field(
+        default=1,
+        metadata=_doc(
+            "Inference workers per use case: child processes with process isolation, else threads."
+        ),
+    )
+    worker_idle_seconds: float = field(
+        default=600.0,
+        metadata=_doc(
+            "An inference child process idle this long is stopped and started again by the next "
+            "study (which waits for its start); 0: children start with the gateway and stay."
+        ),
+    )
     process_isolation: bool = field(
         default=True,
         metadata=_doc(
@@ -405,6 +417,13 @@ class ScoringSettings:
         default=300,
         metadata=_doc("Studies needed before drift is computed (fewer: PSI is mostly noise)."),
     )
+
+    def __post_init__(self) -> None:
+        """Refuse a worker count below one and a negative idle time."""
+        if self.workers < 1:
+            raise SettingsError("scoring.workers must be at least 1")
+        if self.worker_idle_seconds < 0:
+            raise SettingsError("scoring.worker_idle_seconds must be 0 (never stop) or positive")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,24 @@
 """Inference in killable child processes, so a hung or crashing model cannot wedge scoring.
 
 A thread stuck in onnxruntime or a pixel codec cannot be stopped; a process can. Each worker is
-a spawned child (never forked from the multi-threaded gateway) that resolves and verifies the
-served version itself, exactly as `OnnxStudyScorer` does, and answers one study at a time over
-a pipe. When a study takes longer than the deadline, or the child dies (a segfault in a codec),
-the child is killed and replaced and the study gets ModelUnavailable: standard triage, audited
-by the scoring step, while the next study gets a fresh worker.
+a spawned child (never forked from the multi-threaded gateway) that answers one study at a time
+over a pipe. The gateway process resolves and verifies the served version (it holds the registry
+client, loaded once) and sends it with each study; the child verifies the file's hash again and
+loads it only when the version changes, so a child needs onnxruntime, numpy and pydicom, not
+MLflow. When a study takes longer than the deadline, or the child dies (a segfault in a codec),
+the child is killed and the study gets ModelUnavailable: standard triage, audited by the
+scoring step; the next study gets a fresh worker.
+
+Workers start when a study needs one and stop after `idle_seconds` without a study, so an idle
+gateway holds no model in memory; the first study after a stop pays the child's start.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
-import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -27,12 +32,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ScorerSpec:
-    """How a child builds its scorer: picklable, resolved again inside the child."""
+    """How a child builds its scorer: picklable."""
 
-    tracking_uri: str
     model_name: str
-    alias: str
-    refresh_seconds: float
     intra_op_threads: int = 1
 
 
@@ -40,18 +42,11 @@ ChildScorer = Callable[[ScorerSpec], Any]  # returns an object with score_with_s
 
 
 def onnx_scorer(spec: ScorerSpec) -> Any:
-    """The child's scorer: the registry-backed ONNX scorer (imported in the child only)."""
-    import scoring  # noqa: F401  (telemetry off before MLflow and onnxruntime load)
-    from scoring.registry import ModelRegistry
-    from scoring.runner import OnnxStudyScorer
+    """The child's scorer: runs the version it is sent (onnxruntime imported in the child only)."""
+    import scoring  # noqa: F401  (telemetry off before onnxruntime loads)
+    from scoring.model_session import SentModelScorer
 
-    return OnnxStudyScorer(
-        ModelRegistry(spec.tracking_uri),
-        spec.model_name,
-        spec.alias,
-        spec.refresh_seconds,
-        intra_op_threads=spec.intra_op_threads,
-    )
+    return SentModelScorer(spec.intra_op_threads)
 
 
 def _child_main(conn: Connection, spec: ScorerSpec, factory: ChildScorer) -> None:
@@ -59,11 +54,11 @@ def _child_main(conn: Connection, spec: ScorerSpec, factory: ChildScorer) -> Non
     scorer = factory(spec)
     while True:
         try:
-            paths = conn.recv()
+            model, paths = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            output, input_mean = scorer.score_with_statistic(paths)
+            output, input_mean = scorer.score_with_statistic(model, paths)
             conn.send(("ok", output, input_mean))
         except GatewayError as exc:
             conn.send(("unavailable", exc.message, 0.0))
@@ -80,15 +75,23 @@ class _Child:
         )
         self.process.start()
         child_conn.close()
+        self.idle_since = 0.0
 
     def kill(self) -> None:
         self.process.kill()
         self.process.join(5)
         self.conn.close()
 
+    def stop(self) -> None:
+        """Close the pipe (the child returns from recv and exits); kill it if it lingers."""
+        self.conn.close()
+        self.process.join(5)
+        if self.process.is_alive():
+            self.kill()
+
 
 class IsolatedScorer:
-    """A `StudyScorer` running each study in one of `workers` killable child processes."""
+    """A `StudyScorer` running each study in one of up to `workers` killable child processes."""
 
     def __init__(
         self,
@@ -97,20 +100,32 @@ class IsolatedScorer:
         *,
         workers: int = 1,
         deadline_seconds: float = 30.0,
+        idle_seconds: float = 600.0,
         factory: ChildScorer = onnx_scorer,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._spec = spec
-        self._parent = parent  # describe() and drift monitoring stay in this process
+        # Resolution, readiness and drift monitoring stay in this process.
+        self._parent = parent
+        self._workers = max(1, workers)
         self._deadline = deadline_seconds
+        self._idle_seconds = idle_seconds
         self._factory = factory
-        self._idle: queue.Queue[_Child] = queue.Queue()
-        self._lock = threading.Lock()
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._idle: list[_Child] = []  # the most recently used last: it is reused first
+        self._running = 0
         self._closed = False
+        self._reaper: threading.Thread | None = None
+        self.started = 0
+        self.stopped_idle = 0
         self.killed = 0
         # The last study's failure, until a study succeeds again: readiness shows it degraded.
         self.last_failure = ""
-        for _ in range(max(1, workers)):
-            self._idle.put(_Child(spec, factory))
+        if idle_seconds <= 0:
+            # Never stopped: started with the gateway, as a site with a tight timeout wants.
+            for _ in range(self._workers):
+                self._release(self._start(), healthy=True)
 
     def score(self, instance_paths: Sequence[str]) -> ModelOutput:
         """Score in a child; ModelUnavailable when it fails, dies or passes the deadline."""
@@ -123,13 +138,11 @@ class IsolatedScorer:
         return output
 
     def _score(self, instance_paths: Sequence[str]) -> ModelOutput:
-        try:
-            child = self._idle.get(timeout=self._deadline)
-        except queue.Empty:
-            raise ModelUnavailable("no inference worker became free within the deadline") from None
+        model = self._parent.served_model()
+        child = self._acquire()
         healthy = False
         try:
-            child.conn.send(list(instance_paths))
+            child.conn.send((model, list(instance_paths)))
             if not child.conn.poll(self._deadline):
                 raise ModelUnavailable(
                     f"model timed out after {self._deadline:g} s; inference worker killed"
@@ -141,7 +154,7 @@ class IsolatedScorer:
                 f"inference worker died (exit code {child.process.exitcode}): {exc!r}"
             ) from exc
         finally:
-            self._idle.put(child if healthy else self._replace(child))
+            self._release(child, healthy=healthy)
         if status != "ok":
             raise ModelUnavailable(str(value))
         output: ModelOutput = value
@@ -149,20 +162,85 @@ class IsolatedScorer:
             self._parent.observe(output, float(input_mean))
         return output
 
-    def _replace(self, child: _Child) -> _Child:
-        child.kill()
-        with self._lock:
-            self.killed += 1
-        log.warning("inference worker %s killed and replaced", child.process.pid)
-        return _Child(self._spec, self._factory)
+    def _acquire(self) -> _Child:
+        """An idle child, a new one while fewer than `workers` run, or wait for one to free."""
+        end = self._clock() + self._deadline
+        with self._cond:
+            if self._closed:
+                raise ModelUnavailable("inference workers are stopped: the gateway is stopping")
+            while not self._idle and self._running >= self._workers:
+                remaining = end - self._clock()
+                if self._closed or remaining <= 0:
+                    raise ModelUnavailable("no inference worker became free within the deadline")
+                self._cond.wait(remaining)
+            if self._idle:
+                return self._idle.pop()
+            self._running += 1
+        return self._start(counted=True)
+
+    def _start(self, *, counted: bool = False) -> _Child:
+        if not counted:
+            with self._cond:
+                self._running += 1
+        try:
+            child = _Child(self._spec, self._factory)
+        except Exception as exc:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify()
+            raise ModelUnavailable(f"inference worker could not start: {exc}") from exc
+        with self._cond:
+            self.started += 1
+            if self._reaper is None and self._idle_seconds > 0:
+                self._reaper = threading.Thread(
+                    target=self._stop_idle_children, name="inference-idle", daemon=True
+                )
+                self._reaper.start()
+        return child
+
+    def _release(self, child: _Child, *, healthy: bool) -> None:
+        if not healthy:
+            child.kill()
+            log.warning("inference worker %s killed", child.process.pid)
+        with self._cond:
+            if healthy and not self._closed:
+                child.idle_since = self._clock()
+                self._idle.append(child)
+            else:
+                self._running -= 1
+                if not healthy:
+                    self.killed += 1
+            self._cond.notify()
+        if healthy and self._closed:
+            child.stop()
+
+    def _stop_idle_children(self) -> None:
+        """Stop children idle for longer than `idle_seconds`, until closed."""
+        interval = min(max(self._idle_seconds / 4, 0.05), 5.0)
+        while True:
+            with self._cond:
+                self._cond.wait(interval)
+                if self._closed:
+                    return
+                due = self._clock() - self._idle_seconds
+                stale = [c for c in self._idle if c.idle_since <= due]
+                self._idle = [c for c in self._idle if c.idle_since > due]
+                self._running -= len(stale)
+                self.stopped_idle += len(stale)
+            for child in stale:
+                child.stop()
 
     def health(self) -> dict[str, object]:
-        """Worker facts for readiness: children alive and how many were killed."""
-        alive = sum(1 for c in list(self._idle.queue) if c.process.is_alive())
+        """Worker facts for readiness: children running and idle, started, stopped and killed."""
+        with self._cond:
+            running, idle = self._running, len(self._idle)
         return {
             "status": "degraded" if self.last_failure else "ok",
             "last_failure": self.last_failure,
-            "idle_workers_alive": alive,
+            "running": running,
+            "idle": idle,
+            "started": self.started,
+            "stopped_idle": self.stopped_idle,
             "killed": self.killed,
         }
 
@@ -172,13 +250,13 @@ class IsolatedScorer:
         return facts
 
     def close(self) -> None:
-        """Stop every child."""
-        with self._lock:
+        """Stop every child (busy ones when their study returns)."""
+        with self._cond:
             if self._closed:
                 return
             self._closed = True
-        while True:
-            try:
-                self._idle.get_nowait().kill()
-            except queue.Empty:
-                return
+            idle, self._idle = self._idle, []
+            self._running -= len(idle)
+            self._cond.notify_all()
+        for child in idle:
+            child.kill()

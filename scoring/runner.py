@@ -8,72 +8,22 @@ keeps the study in standard triage.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from dataclasses import replace
 
 from gateway.domain.errors import GatewayError, ModelUnavailable
 from gateway.domain.model import ModelIdentity
 from gateway.ports import ModelOutput
-from scoring.ct import load_ct_volume
+from scoring.model_session import LoadedModel, load_model_session, score_study, verified_bytes
 from scoring.monitoring import DriftMonitor
-from scoring.preprocess import load_radiographs, tensor_hash
 from scoring.registry import ModelRegistry, ResolvedModel
 
 log = logging.getLogger(__name__)
 
 AliasListener = Callable[[ModelIdentity | None, ModelIdentity | None, str], None]
-
-
-@dataclass(frozen=True, slots=True)
-class _Loaded:
-    model: ResolvedModel
-    session: Any
-    output_name: str
-    batched: bool = False
-
-
-def _probability(raw: npt.NDArray[np.float32], transform: str, index: int) -> float:
-    values = np.asarray(raw, dtype=np.float64).reshape(-1)
-    if index >= values.size:
-        raise ModelUnavailable(f"model output has {values.size} values, contract asks for #{index}")
-    if transform == "sigmoid":
-        values = 1.0 / (1.0 + np.exp(-values))
-    elif transform == "softmax":
-        shifted = np.exp(values - values.max())
-        values = shifted / shifted.sum()
-    score = float(values[index])
-    if not math.isfinite(score) or not 0.0 <= score <= 1.0:
-        raise ModelUnavailable(f"model output {score!r} is not a probability")
-    return score
-
-
-def _run_slices(
-    loaded: _Loaded, input_name: str, tensor: npt.NDArray[np.float32]
-) -> list[npt.NDArray[np.float32]]:
-    """Per-slice raw outputs: one run when the batch dimension is symbolic, else one per slice."""
-    if loaded.batched:
-        out = np.asarray(loaded.session.run([loaded.output_name], {input_name: tensor})[0])
-        return [out[i] for i in range(out.shape[0])]
-    return [
-        np.asarray(loaded.session.run([loaded.output_name], {input_name: tensor[i : i + 1]})[0])
-        for i in range(tensor.shape[0])
-    ]
-
-
-def _aggregate(scores: Sequence[float], how: str) -> float:
-    """The study score from per-slice probabilities."""
-    if not scores:
-        raise ModelUnavailable("no slice was scored")
-    return max(scores) if how == "max" else float(sum(scores) / len(scores))
 
 
 class OnnxStudyScorer:
@@ -87,6 +37,7 @@ class OnnxStudyScorer:
         refresh_seconds: float = 30.0,
         *,
         intra_op_threads: int = 1,
+        sessions: bool = True,
         clock: Callable[[], float] = time.monotonic,
         on_alias_change: AliasListener | None = None,
         monitor: DriftMonitor | None = None,
@@ -96,9 +47,12 @@ class OnnxStudyScorer:
         self._alias = alias
         self._refresh_seconds = refresh_seconds
         self._threads = intra_op_threads
+        # Off when inference runs in child processes: this side resolves and verifies the
+        # version the children are sent, and holds no session of its own.
+        self._sessions = sessions
         self._clock = clock
         self._lock = threading.Lock()
-        self._loaded: _Loaded | None = None
+        self._loaded: LoadedModel | None = None
         self._checked_at: float | None = None
         self._reason = "not loaded yet"
         self._on_alias_change = on_alias_change
@@ -124,38 +78,11 @@ class OnnxStudyScorer:
 
     def score_with_statistic(self, instance_paths: Sequence[str]) -> tuple[ModelOutput, float]:
         """The study's score and the mean of the model input (the drift input statistic)."""
-        loaded = self._current()
-        contract = loaded.model.contract
-        try:
-            if contract.aggregation == "none":
-                # Projection images: each routed image is scored, the study takes the highest.
-                tensor = load_radiographs(instance_paths, contract)
-                how = "max"
-            else:
-                tensor = load_ct_volume(instance_paths, contract)
-                how = contract.aggregation
-            score = _aggregate(
-                [
-                    _probability(raw, contract.output_transform, contract.output_index)
-                    for raw in _run_slices(loaded, contract.input_name, tensor)
-                ],
-                how,
-            )
-        except GatewayError:
-            raise
-        except Exception as exc:
-            # The port's contract: decoding or runtime failures are a fallback, never a crash.
-            raise ModelUnavailable(
-                f"scoring with {loaded.model.name} v{loaded.model.version} failed: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        output = ModelOutput(
-            score=score,
-            model=loaded.model.identity(),
-            input_hash=tensor_hash(tensor),
-            label=contract.label,
-        )
-        return output, float(tensor.mean())
+        return score_study(self._current(), instance_paths)
+
+    def served_model(self) -> ResolvedModel:
+        """The verified version under the alias (re-resolved when due), or ModelUnavailable."""
+        return self._current().model
 
     def describe(self) -> dict[str, str]:
         """Readiness facts: the served version and its SHA-256, or why nothing is served."""
@@ -178,7 +105,7 @@ class OnnxStudyScorer:
             "use_case": loaded.model.contract.use_case,
         }
 
-    def _current(self) -> _Loaded:
+    def _current(self) -> LoadedModel:
         """The session for the alias, re-resolved when the refresh interval has passed."""
         with self._lock:
             now = self._clock()
@@ -225,42 +152,16 @@ class OnnxStudyScorer:
             resolved.version,
             resolved.sha256,
         ):
-            self._loaded = _Loaded(resolved, current.session, current.output_name, current.batched)
+            self._loaded = replace(current, model=resolved)
             return
         self._loaded = self._load(resolved)
 
-    def _load(self, resolved: ResolvedModel) -> _Loaded:
-        try:
-            data = resolved.local_path.read_bytes()
-        except OSError as exc:
-            raise ModelUnavailable(f"cannot read {resolved.local_path}: {exc}") from exc
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != resolved.sha256:
-            raise ModelUnavailable(
-                f"{resolved.name} v{resolved.version}: loaded bytes hash to {actual}, "
-                f"registered {resolved.sha256}; refusing them"
-            )
-        try:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self._threads
-            options.inter_op_num_threads = 1
-            session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-            inputs = {i.name: i for i in session.get_inputs()}
-            if resolved.contract.input_name not in inputs:
-                raise ModelUnavailable(
-                    f"{resolved.name} v{resolved.version} has no input "
-                    f"{resolved.contract.input_name!r} (has {sorted(inputs)})"
-                )
-            output_name = str(session.get_outputs()[0].name)
-        except GatewayError:
-            raise
-        except Exception as exc:
-            raise ModelUnavailable(
-                f"onnxruntime cannot load {resolved.name} v{resolved.version}: {exc}"
-            ) from exc
-        batched = not isinstance(session.get_inputs()[0].shape[0], int)
+    def _load(self, resolved: ResolvedModel) -> LoadedModel:
+        if self._sessions:
+            loaded = load_model_session(resolved, self._threads)
+        else:
+            verified_bytes(resolved)
+            loaded = LoadedModel(resolved, None, "")
         if self._monitor is not None:
             self._monitor.set_reference(resolved.identity(), resolved.reference_json)
-        return _Loaded(resolved, session, output_name, batched)
+        return loaded

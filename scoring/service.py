@@ -51,6 +51,7 @@ class ScoringService:
             min_samples=settings.scoring.drift_min_samples,
         )
         self._changes: Any = None
+        isolated = settings.scoring.process_isolation
         self.scorers: dict[str, OnnxStudyScorer] = {
             use_case: OnnxStudyScorer(
                 registry,
@@ -59,25 +60,22 @@ class ScoringService:
                 settings.mlflow.poll_seconds,
                 on_alias_change=self._listener(use_case),
                 monitor=self.monitor,
+                sessions=not isolated,
             )
             for use_case, name in use_case_models(settings).items()
         }
         self._isolated: dict[str, IsolatedScorer] = {}
-        if settings.scoring.process_isolation:
+        if isolated:
             # A little before the scoring step's own timeout, so the child is killed and the
             # step's thread returns instead of being abandoned.
             deadline = max(0.1, settings.scoring.timeout_seconds * 0.9)
             self._isolated = {
                 use_case: IsolatedScorer(
-                    ScorerSpec(
-                        settings.mlflow_tracking_uri,
-                        name,
-                        self._alias,
-                        settings.mlflow.poll_seconds,
-                    ),
+                    ScorerSpec(name),
                     self.scorers[use_case],
                     workers=settings.scoring.workers,
                     deadline_seconds=deadline,
+                    idle_seconds=settings.scoring.worker_idle_seconds,
                 )
                 for use_case, name in use_case_models(settings).items()
             }

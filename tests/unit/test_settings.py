@@ -55,6 +55,8 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         {"HITL_GATEWAY_DICOM__PROT": "1"},
         {"HITL_GATEWAY_NOSUCH__KEY": "1"},
         {"HITL_GATEWAY_DICOM__PORT": "eleven"},
+        {"HITL_GATEWAY_SCORING__WORKERS": "0"},
+        {"HITL_GATEWAY_SCORING__WORKER_IDLE_SECONDS": "-1"},
     ],
 )
 def test_unknown_or_malformed_settings_are_refused(environ: dict[str, str]) -> None:
