@@ -9,6 +9,7 @@ Pieces fail rarely (a fault, not a rule), so this costs less than a savepoint ar
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from sqlalchemy import Connection, Engine
 
 T = TypeVar("T")
 MAX_BATCH = 32
+HOLD_CONNECTION_SECONDS = 1.0
 
 
 @dataclass
@@ -74,33 +76,67 @@ class GroupCommitter:
                 self._thread.start()
 
     def _loop(self) -> None:
+        conn: Connection | None = None
         while True:
-            batch = [self._queue.get()]
+            try:
+                # Keep one connection while work keeps coming: checking a connection out and in
+                # for every batch cost the committing thread about a third of its interpreter
+                # time. After a quiet second it goes back to the pool, so no connection sits
+                # idle in this thread long enough for a server to close it.
+                first = self._queue.get(timeout=HOLD_CONNECTION_SECONDS if conn else None)
+            except queue.Empty:
+                assert conn is not None
+                self._release(conn)
+                conn = None
+                continue
+            batch = [first]
             while len(batch) < self._max_batch:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             try:
-                self._commit(batch)
+                if conn is None:
+                    conn = self._engine.connect()
+                if not self._commit(batch, conn) or conn.invalidated:
+                    # The shared commit failed or the driver lost the connection: the next
+                    # batch takes a fresh one from the pool (pinged on PostgreSQL).
+                    self._release(conn)
+                    conn = None
+            except BaseException as exc:
+                for job in batch:
+                    job.error = job.error or exc
+                    job.result = None
+                if conn is not None:
+                    self._release(conn)
+                conn = None
             finally:
                 for job in batch:
                     job.done.set()
 
-    def _commit(self, batch: list[_Job[Any]]) -> None:
+    @staticmethod
+    def _release(conn: Connection) -> None:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def _commit(self, batch: list[_Job[Any]], conn: Connection) -> bool:
+        """Commit the batch's jobs; False when the shared commit itself failed."""
         while batch:
-            undone = self._attempt(batch)
+            undone, failed = self._attempt(batch, conn)
+            if failed:
+                return False
             # A job that failed or could not be made ready is undone with the rest of its
             # transaction; the others run again in a new one (their statements only touch the
             # database, so running them again is safe).
             batch = [job for job in batch if job.error is None]
             if not undone:
-                return
+                return True
+        return True
 
-    def _attempt(self, batch: list[_Job[Any]]) -> bool:
-        """One transaction for the batch; True when it was rolled back for one job's sake."""
+    def _attempt(self, batch: list[_Job[Any]], conn: Connection) -> tuple[bool, bool]:
+        """One transaction for the batch: (rolled back for one job's sake, commit failed)."""
         try:
-            with self._engine.begin() as conn:
+            with conn.begin():
                 for job in batch:
                     try:
                         job.result = job.work(conn)
@@ -121,13 +157,14 @@ class GroupCommitter:
         except _Undo:
             for job in batch:
                 job.result = None
-            return True
+            return True, False
         except BaseException as exc:
             # The shared commit failed: nothing of the batch is durable, every caller hears it.
             for job in batch:
                 job.error = job.error or exc
                 job.result = None
-        return False
+            return False, True
+        return False, False
 
 
 class _Undo(Exception):

@@ -157,3 +157,53 @@ def test_a_database_error_in_a_shared_batch_undoes_only_its_own_work(engine: Eng
     with engine.connect() as conn:
         assert sorted(conn.execute(select(probe.c.n)).scalars()) == [0, 1, 2, 4]
     assert len(runs) > 5  # the batch was rolled back and the others ran again
+
+
+def test_back_to_back_batches_share_one_connection_that_returns_to_the_pool_when_quiet(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.group_commit as group_commit
+
+    monkeypatch.setattr(group_commit, "HOLD_CONNECTION_SECONDS", 0.2)
+    checkouts: list[int] = []
+    checkins: list[int] = []
+    event.listen(engine, "checkout", lambda *_: checkouts.append(1))
+    event.listen(engine, "checkin", lambda *_: checkins.append(1))
+    committer = GroupCommitter(engine)
+
+    def insert_n(n: int) -> Callable[[Connection], object]:
+        return lambda conn: conn.execute(insert(probe).values(n=n))
+
+    for n in range(20):
+        committer.run(insert_n(n))
+    assert (len(checkouts), len(checkins)) == (1, 0)
+    deadline = time.monotonic() + 10
+    while not checkins and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(checkins) == 1  # quiet: the connection went back to the pool
+    committer.run(lambda conn: conn.execute(insert(probe).values(n=20)))
+    assert len(checkouts) == 2
+    with engine.connect() as conn:
+        assert conn.execute(select(probe.c.n)).scalars().all() == list(range(21))
+
+
+def test_a_failed_commit_reaches_every_caller_and_the_next_batch_takes_a_fresh_connection(
+    engine: Engine,
+) -> None:
+    checkouts: list[int] = []
+    event.listen(engine, "checkout", lambda *_: checkouts.append(1))
+    failing = [True]
+
+    def refuse_commit(_conn: Connection) -> None:
+        if failing[0]:
+            failing[0] = False
+            raise RuntimeError("the database went away at commit")
+
+    event.listen(engine, "commit", refuse_commit)
+    committer = GroupCommitter(engine)
+    with pytest.raises(RuntimeError, match="went away at commit"):
+        committer.run(lambda conn: conn.execute(insert(probe).values(n=1)))
+    committer.run(lambda conn: conn.execute(insert(probe).values(n=2)))
+    assert len(checkouts) == 2
+    with engine.connect() as conn:
+        assert conn.execute(select(probe.c.n)).scalars().all() == [2]
