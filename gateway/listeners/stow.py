@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import secrets
 from concurrent.futures import Executor
@@ -78,31 +79,42 @@ class TooLarge(Exception):
 
 @dataclass(slots=True)
 class _IncomingPart:
-    """A part being written to its file beside the spool."""
+    """A part being written to its file beside the spool (opened by its first write)."""
 
     path: Path
-    out: BinaryIO
+    out: BinaryIO | None = None
     size: int = 0
     digest: DataSetDigest = field(default_factory=DataSetDigest)
     pending: bytearray = field(default_factory=bytearray)  # received, not yet written
+    # A write that failed (a full disk): the rest of the part is read and dropped, and the
+    # part alone fails; the request goes on.
+    error: OSError | None = None
+
+    @classmethod
+    def named(cls, incoming: Path) -> _IncomingPart:
+        """A part with a fresh file name; the file itself is created on a recording thread."""
+        return cls(incoming / f".stow-{secrets.token_hex(8)}.part")
 
     def write(self, data: bytes | bytearray) -> None:
         """Append to the file and the digest (on a recording thread, not the event loop)."""
+        if self.out is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.out = open(self.path, "xb", buffering=0)  # noqa: SIM115 (closed by finish)
         self.out.write(data)
         self.digest.update(data)
 
-    @classmethod
-    def open(cls, incoming: Path) -> _IncomingPart:
-        incoming.mkdir(parents=True, exist_ok=True)
-        path = incoming / f".stow-{secrets.token_hex(8)}.part"
-        return cls(path, open(path, "xb", buffering=0))
+    def finish(self, data: bytes | bytearray) -> tuple[Path, str]:
+        """Write the last bytes and close: the file and its data set's SHA-256."""
+        self.write(data)
+        self.close()
+        return self.path, self.digest.hexdigest()
 
-    def close(self) -> Path:
-        self.out.close()
-        return self.path
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
 
     def discard(self) -> None:
-        self.out.close()
+        self.close()
         self.path.unlink(missing_ok=True)
 
 
@@ -153,7 +165,8 @@ class StowRequest:
                     if isinstance(event, PartData):
                         if part is not None:
                             self._count(len(event.data), part)
-                            part.pending += event.data
+                            if part.error is None:
+                                part.pending += event.data
                             if len(part.pending) >= WRITE_BYTES:
                                 await self._write(part)
                     elif isinstance(event, PartStart):
@@ -166,15 +179,14 @@ class StowRequest:
                         if skipping:
                             ordered.append(PartResult("", "", FailureReason.CANNOT_UNDERSTAND))
                         else:
-                            part = _IncomingPart.open(self._incoming)
+                            part = _IncomingPart.named(self._incoming)
                     elif part is not None:  # PartEnd of an application/dicom part
-                        await self._write(part)
-                        path, sha256 = part.close(), part.digest.hexdigest()
+                        # The last bytes are written, hashed and recorded in one hand-off to a
+                        # recording thread (a CT slice: its only one), while the next part is read.
+                        ended, last = part, part.pending
                         part = None
                         await slots.acquire()
-                        task = asyncio.create_task(
-                            self._record(path, sha256, request.remote, slots)
-                        )
+                        task = asyncio.create_task(self._record(ended, last, request.remote, slots))
                         ordered.append(task)
                 if splitter.done:
                     break
@@ -190,8 +202,10 @@ class StowRequest:
 
     async def _write(self, part: _IncomingPart) -> None:
         data, part.pending = part.pending, bytearray()
-        if data:
+        try:
             await asyncio.get_running_loop().run_in_executor(self._executor, part.write, data)
+        except OSError as exc:
+            part.error = exc
 
     def _count(self, nbytes: int, part: _IncomingPart) -> None:
         part.size += nbytes
@@ -200,17 +214,33 @@ class StowRequest:
             raise TooLarge("the instance or the request exceeds the size limit")
 
     async def _record(
-        self, path: Path, sha256: str, peer: str | None, slots: asyncio.Semaphore
+        self,
+        part: _IncomingPart,
+        last: bytes | bytearray,
+        peer: str | None,
+        slots: asyncio.Semaphore,
     ) -> PartResult:
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self._executor, self._store_and_discard, path, sha256, peer
+                self._executor, self._finish_and_store, part, last, peer
             )
         finally:
             slots.release()
 
-    def _store_and_discard(self, path: Path, sha256: str, peer: str | None) -> PartResult:
+    def _finish_and_store(
+        self, part: _IncomingPart, last: bytes | bytearray, peer: str | None
+    ) -> PartResult:
+        try:
+            if part.error is not None:
+                raise part.error
+            path, sha256 = part.finish(last)
+        except OSError as exc:
+            part.discard()
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            reason = FailureReason.OUT_OF_RESOURCES if full else FailureReason.PROCESSING_FAILURE
+            log.warning("STOW-RS: writing a part failed: %s", exc)
+            return self._refused("", "", reason, f"writing the part failed: {exc.strerror}", peer)
         try:
             return self._store(path, sha256, peer)
         finally:

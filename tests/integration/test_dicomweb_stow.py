@@ -311,3 +311,35 @@ async def test_a_slow_disk_holds_up_its_own_upload_not_the_event_loop(
     stored = await asyncio.wait_for(upload, 30)
     assert stored.status == 200
     assert len(gw.rows()) == 1
+
+
+@pytest.mark.parametrize("write_bytes", [1 << 20, 256], ids=["last-write", "earlier-write"])
+async def test_a_part_the_disk_cannot_take_fails_alone_with_a700(
+    gw: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_bytes: int
+) -> None:
+    import errno
+
+    from gateway.listeners import stow
+
+    monkeypatch.setattr(stow, "WRITE_BYTES", write_bytes)
+    study = generate_uid()
+    parts = [write_dicom(tmp_path / f"{n}.dcm", study).read_bytes() for n in range(3)]
+    assert len(parts[1]) > 256  # with 256-byte writes the failure comes before the part's end
+    write = stow._IncomingPart.write
+    seen: list[Path] = []  # parts in the order of their first write (writes run concurrently)
+
+    def full_on_the_second_part(self: Any, data: bytes | bytearray) -> None:
+        if self.path not in seen:
+            seen.append(self.path)
+        if seen.index(self.path) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, data)
+
+    monkeypatch.setattr(stow._IncomingPart, "write", full_on_the_second_part)
+    response = await _post(gw, _body(*parts))
+    assert response.status == 202
+    document = await response.json(content_type=None)
+    assert [i["00081197"]["Value"][0] for i in _seq(document, "00081198")] == [0xA700]
+    assert len(_seq(document, "00081199")) == 2
+    assert len(gw.rows()) == 2
+    assert not list((gw.settings.storage.spool_dir / ".incoming").glob(".stow-*"))
