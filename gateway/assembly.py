@@ -16,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, bindparam, or_, select, update
 
 from gateway.audit.trail import record_event
 from gateway.domain.errors import IllegalTransition
 from gateway.domain.model import Actor, StudyContext, StudyState
+from gateway.persistence.driver_statement import DriverStatement
 from gateway.persistence.tables import instances, studies
 from gateway.pipeline import Event, PipelineEvent
 
@@ -47,6 +48,26 @@ def _due(now: datetime) -> ColumnElement[bool]:
     )
 
 
+# Whether any study is due, read without a write transaction: the poll runs every
+# `assembly.poll_seconds` while instances are being committed, and most polls find nothing.
+_ANY_DUE = DriverStatement(
+    select(studies.c.study_instance_uid)
+    .where(
+        or_(
+            and_(
+                studies.c.state == StudyState.RECEIVING.value,
+                studies.c.stable_due_at <= bindparam("now", type_=studies.c.stable_due_at.type),
+            ),
+            and_(
+                studies.c.state == StudyState.SCORING.value,
+                studies.c.lease_until < bindparam("now", type_=studies.c.lease_until.type),
+            ),
+        )
+    )
+    .limit(1)
+)
+
+
 class StudyAssembler:
     """Claims stable studies for scoring under a lease held by `worker_id`."""
 
@@ -70,6 +91,11 @@ class StudyAssembler:
     def claim_due(self, now: datetime) -> list[StudyContext]:
         """Claim up to `batch_size` studies that are stable or whose lease expired, oldest first."""
         now = _utc(now)
+        with self._engine.connect() as conn:
+            # On the driver's cursor: no SQLAlchemy transaction, so SQLite's write lock (taken
+            # at every BEGIN) stays free for the instances being recorded.
+            if not _ANY_DUE.rows(conn, {"now": now}):
+                return []
         lease_until = now + timedelta(seconds=self.lease_seconds)
         self._set_aside_failing(now)
         # A study whose passes keep failing goes behind every fresh one, so it never blocks them.

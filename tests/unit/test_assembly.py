@@ -319,3 +319,27 @@ def test_parsed_header_is_immutable() -> None:
     assert replace(header, modality="CT").modality == "CT"
     with pytest.raises(AttributeError):
         header.modality = "CT"  # type: ignore[misc]
+
+
+def test_a_poll_that_finds_nothing_due_takes_no_write_transaction(
+    engine: Engine, recorder: InstanceRecorder, tmp_path: Path
+) -> None:
+    # The poll runs every half second while instances are committed: on SQLite every BEGIN
+    # takes the one write lock those commits need.
+    from sqlalchemy import event
+
+    study = generate_uid()
+    _store(recorder, write_dicom(tmp_path / "a.dcm", study))
+    begins: list[int] = []
+    event.listen(engine, "begin", lambda _conn: begins.append(1))
+    assembler = StudyAssembler(engine, "w1", lease_seconds=30)
+    assert assembler.claim_due(T0 + timedelta(seconds=9)) == []
+    assert begins == []
+    assert [c.study_instance_uid for c in assembler.claim_due(T0 + timedelta(seconds=11))] == [
+        study
+    ]
+    assert begins  # a due study is claimed in a write transaction, as before
+    begins.clear()
+    # A lease that ran out is due again (claimed by another worker).
+    claimed = StudyAssembler(engine, "w2", 30).claim_due(T0 + timedelta(seconds=42))
+    assert [c.study_instance_uid for c in claimed] == [study]
