@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 class ScorerSpec:
     """How a child builds its scorer: picklable."""
 
-    model_name: str
     intra_op_threads: int = 1
 
 
@@ -125,6 +124,8 @@ class IsolatedScorer:
         if idle_seconds <= 0:
             # Never stopped: started with the gateway, as a site with a tight timeout wants.
             for _ in range(self._workers):
+                with self._cond:
+                    self._running += 1
                 self._release(self._start(), healthy=True)
 
     def score(self, instance_paths: Sequence[str]) -> ModelOutput:
@@ -176,12 +177,10 @@ class IsolatedScorer:
             if self._idle:
                 return self._idle.pop()
             self._running += 1
-        return self._start(counted=True)
+        return self._start()
 
-    def _start(self, *, counted: bool = False) -> _Child:
-        if not counted:
-            with self._cond:
-                self._running += 1
+    def _start(self) -> _Child:
+        """A new child, in a slot the caller has counted in `_running`."""
         try:
             child = _Child(self._spec, self._factory)
         except Exception as exc:

@@ -71,13 +71,13 @@ class ScoringService:
             deadline = max(0.1, settings.scoring.timeout_seconds * 0.9)
             self._isolated = {
                 use_case: IsolatedScorer(
-                    ScorerSpec(name),
+                    ScorerSpec(),
                     self.scorers[use_case],
                     workers=settings.scoring.workers,
                     deadline_seconds=deadline,
                     idle_seconds=settings.scoring.worker_idle_seconds,
                 )
-                for use_case, name in use_case_models(settings).items()
+                for use_case in self.scorers
             }
         if metrics is not None:
             self.attach_metrics(metrics)

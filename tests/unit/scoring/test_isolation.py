@@ -75,7 +75,7 @@ def make_scorer(parent: _Parent) -> Iterator[MakeScorer]:
     def make(**kwargs: object) -> IsolatedScorer:
         options: dict[str, object] = {"workers": 1, "deadline_seconds": 1.0, "factory": fake_scorer}
         options.update(kwargs)
-        isolated = IsolatedScorer(ScorerSpec("fake"), parent, **options)  # type: ignore[arg-type]
+        isolated = IsolatedScorer(ScorerSpec(), parent, **options)  # type: ignore[arg-type]
         made.append(isolated)
         return isolated
 
@@ -203,7 +203,7 @@ def test_the_product_child_scores_the_sent_version_without_mlflow(
     write_cxr_file(path, True, seed=4, patient_id="P", patient_name="Doe^J", accession="A")
     study = [str(path)]
     isolated = IsolatedScorer(
-        ScorerSpec(NAME),
+        ScorerSpec(),
         verifying,
         deadline_seconds=60.0,
         factory=product_scorer_reporting_modules,
