@@ -7,6 +7,7 @@ edge answers with 0xC000 and STOW-RS with FailureReason 0xC000.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,19 @@ def _count(value: object) -> int | None:
 
 
 _HEAD = 144  # preamble, "DICM" and the (0002,0000) element
+# The most of a file's first bytes a digest keeps to find the transfer syntax: group 0002 is a
+# few hundred bytes; a larger one is read by pydicom (the slow path), never kept in memory.
+FILE_META_LIMIT = 64 * 1024
+# Explicit VR elements with 2 reserved bytes and a 4-byte length (PS3.5 7.1.2); the others in
+# the list below have a 2-byte length. Any other VR makes the group irregular.
+_LONG_LENGTH_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+_SHORT_LENGTH_VRS = frozenset(
+    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN"}
+    | {b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
+)
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def _offset_in(head: bytes) -> int:
@@ -130,6 +144,51 @@ def _offset_in(head: bytes) -> int:
     if len(head) == _HEAD and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
         return _HEAD + int.from_bytes(head[140:144], "little")
     return 0
+
+
+def file_meta_transfer_syntax(head: bytes, data_set_at: int) -> str | None:
+    """TransferSyntaxUID (0002,0010) of a Part 10 file from its first bytes; None if irregular.
+
+    `head` holds the file up to `data_set_at` and the 2 bytes after it. The group 0002 elements
+    (explicit VR little endian, PS3.10 7.1) are walked from (0002,0000): each must be of group
+    0002, in ascending order, of a known VR and within the group length, and the walk must end
+    exactly where the data set starts; the element there must be of neither group 0002 nor
+    group 0000. Reading the data set from `data_set_at` then reads what pydicom reads after the
+    meta it decodes itself, so a group length that lies can never move where the data set is
+    read from: it gives None, and the caller leaves the whole file to pydicom.
+    """
+    if len(head) < data_set_at + 2 or _offset_in(head[:_HEAD]) != data_set_at:
+        return None
+    if head[138:140] != b"\x04\x00":  # (0002,0000) UL holds 4 bytes
+        return None
+    position, last, syntax = _HEAD, 0x0000, b""
+    while position < data_set_at:
+        if position + 8 > data_set_at or head[position : position + 2] != b"\x02\x00":
+            return None
+        element = int.from_bytes(head[position + 2 : position + 4], "little")
+        vr = head[position + 4 : position + 6]
+        if element <= last:
+            return None
+        if vr in _SHORT_LENGTH_VRS:
+            start = position + 8
+            length = int.from_bytes(head[position + 6 : start], "little")
+        elif vr in _LONG_LENGTH_VRS:
+            start = position + 12
+            length = int.from_bytes(head[position + 8 : start], "little")
+        else:
+            return None  # unknown, or SQ, whose items pydicom would parse
+        position, last = start + length, element
+        if position > data_set_at:
+            return None
+        if element == 0x0010:
+            if vr != b"UI":
+                return None
+            syntax = head[start:position]
+    # pydicom reads on while the group is 0002, then group 0000 as a command set.
+    if head[data_set_at : data_set_at + 2] in (b"\x00\x00", b"\x02\x00"):
+        return None
+    text = syntax.decode("latin-1").rstrip("\0 ")
+    return text if _UID.fullmatch(text) else None
 
 
 def data_set_offset(path: Path) -> int:
@@ -141,12 +200,16 @@ def data_set_offset(path: Path) -> int:
 class DataSetDigest:
     """SHA-256 of a Part 10 file's data set (what `data_set_offset` skips), fed as it arrives.
 
-    Lets a receiver hash the bytes while writing them, so the spool need not read them back.
+    Lets a receiver hash the bytes while writing them, so the spool need not read them back;
+    it also keeps the file meta (up to FILE_META_LIMIT) for `transfer_syntax`.
     """
 
     def __init__(self) -> None:
         self._digest = hashlib.sha256()
-        self._head = bytearray()  # the first 144 bytes, until the data set offset is known
+        # The first 144 bytes until the data set offset is known; then, if the meta is small
+        # enough, on to 2 bytes past the offset (what `file_meta_transfer_syntax` needs).
+        self._head = bytearray()
+        self._keep = _HEAD
         self._offset: int | None = None
         self.size = 0
 
@@ -161,11 +224,15 @@ class DataSetDigest:
                 return
             head = bytes(self._head)
             self._offset = _offset_in(head)
+            keep = self._offset + 2
+            self._keep = keep if self._offset and keep <= FILE_META_LIMIT else _HEAD
             # Bytes fed before the offset was known and beyond it are hashed now.
             self._digest.update(head[self._offset :])
             skip = max(self._offset, _HEAD) - start
         else:
             skip = self._offset - start
+        if len(self._head) < self._keep:
+            self._head += view[len(self._head) - start : self._keep - start]
         if skip < len(view):
             self._digest.update(view[max(0, skip) :])
 
@@ -173,6 +240,13 @@ class DataSetDigest:
     def data_set_at(self) -> int:
         """Where the data set starts (0 until 144 bytes were fed, or without Part 10 meta)."""
         return self._offset or 0
+
+    @property
+    def transfer_syntax(self) -> str | None:
+        """The file meta's TransferSyntaxUID when its group 0002 is regular, else None."""
+        if not self._offset or len(self._head) < self._keep:
+            return None
+        return file_meta_transfer_syntax(bytes(self._head), self._offset)
 
     def hexdigest(self) -> str:
         """The digest; a file shorter than 144 bytes is hashed whole (offset 0)."""

@@ -34,6 +34,8 @@ from gateway.transfer_audit import TransferTally
 
 RECORDER = web.AppKey("dicomweb_recorder", InstanceRecorder)
 STOW_EXECUTOR = web.AppKey("dicomweb_stow_executor", ThreadPoolExecutor)
+# Transfer summaries of answered requests still being written; cleanup waits for them.
+PENDING_SUMMARIES = web.AppKey("dicomweb_pending_summaries", set[asyncio.Task[None]])
 
 
 async def store_instances(request: web.Request) -> web.Response:
@@ -76,7 +78,7 @@ async def store_instances(request: web.Request) -> web.Response:
         # A malformed multipart body: what was stored before the fault stays stored.
         forced = 400 if not stow.results else 202
     finally:
-        await asyncio.get_running_loop().run_in_executor(request.app[STOW_EXECUTOR], stow.audit)
+        _summarise_after_response(request.app, stow)
     status, body = stow.response()
     if forced == 413:
         return dicom_json_response(body or {}, 413)
@@ -85,14 +87,31 @@ async def store_instances(request: web.Request) -> web.Response:
     return dicom_json_response(body, status)
 
 
+def _summarise_after_response(app: web.Application, stow: StowRequest) -> None:
+    # As the DIMSE path writes its summary after the last C-STORE response: the task first runs
+    # once this handler's task yields, by then the response is handed to the transport, and the
+    # sender's next request no longer waits for the summary's transaction.
+    async def summarise() -> None:
+        await asyncio.get_running_loop().run_in_executor(app[STOW_EXECUTOR], stow.audit)
+
+    pending = app[PENDING_SUMMARIES]
+    task = asyncio.get_running_loop().create_task(summarise(), name="stow-transfer-summary")
+    pending.add(task)
+    task.add_done_callback(pending.discard)
+
+
 def register_dicomweb(app: web.Application, recorder: InstanceRecorder) -> None:
     """Add the DICOMweb routes to the HTTP application."""
     app[RECORDER] = recorder
     executor = ThreadPoolExecutor(RECORDING_THREADS, thread_name_prefix="stow-record")
     app[STOW_EXECUTOR] = executor
+    pending: set[asyncio.Task[None]] = set()
+    app[PENDING_SUMMARIES] = pending
 
     async def stop_recording(_app: web.Application) -> None:
-        # Requests have ended when the app is cleaned up; wait for their last parts.
+        # Requests have ended when the app is cleaned up; their summaries are written before
+        # the threads stop (a summary left unwritten would wait for the next start's sweep).
+        await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.to_thread(executor.shutdown, wait=True)
 
     app.on_cleanup.append(stop_recording)

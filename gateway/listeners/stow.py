@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import secrets
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,10 @@ RECORDING_THREADS = 2 * PARTS_IN_FLIGHT
 # disk holds up its own upload (TCP pushes back on the sender), never the event loop.
 WRITE_BYTES = 1024 * 1024
 STOW_SENDER = "STOW-RS"
+# Pauses in seconds before each new attempt at a transfer summary whose write failed: a database
+# blip is ridden out. The gateway's sweep at start-up skips its own live transfers, so without
+# these a failed summary would wait for the next start.
+SUMMARY_RETRY_PAUSES = (0.5, 2.0)
 
 
 class FailureReason:
@@ -103,11 +108,11 @@ class _IncomingPart:
         self.out.write(data)
         self.digest.update(data)
 
-    def finish(self, data: bytes | bytearray) -> tuple[Path, str]:
-        """Write the last bytes and close: the file and its data set's SHA-256."""
+    def finish(self, data: bytes | bytearray) -> Path:
+        """Write the last bytes and close the file."""
         self.write(data)
         self.close()
-        return self.path, self.digest.hexdigest()
+        return self.path
 
     def close(self) -> None:
         if self.out is not None:
@@ -234,7 +239,7 @@ class StowRequest:
         try:
             if part.error is not None:
                 raise part.error
-            path, sha256 = part.finish(last)
+            path = part.finish(last)
         except OSError as exc:
             part.discard()
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -242,13 +247,16 @@ class StowRequest:
             log.warning("STOW-RS: writing a part failed: %s", exc)
             return self._refused("", "", reason, f"writing the part failed: {exc.strerror}", peer)
         try:
-            return self._store(path, sha256, peer)
+            return self._store(path, part.digest, peer)
         finally:
             path.unlink(missing_ok=True)
 
-    def _store(self, path: Path, sha256: str, peer: str | None) -> PartResult:
+    def _store(self, path: Path, digest: DataSetDigest, peer: str | None) -> PartResult:
+        # The file meta came from the client: the data set is read from its offset only when
+        # the meta walked regular up to it; without a syntax pydicom reads the whole file.
+        syntax = digest.transfer_syntax or ""
         try:
-            header = parse_header(path)
+            header = parse_header(path, data_set_at=digest.data_set_at, transfer_syntax=syntax)
         except InvalidInput as exc:
             return self._refused("", "", FailureReason.CANNOT_UNDERSTAND, exc.message, peer)
         cls, sop = header.sop_class_uid, header.sop_instance_uid
@@ -268,7 +276,7 @@ class StowRequest:
                 peer_address=peer or "",
                 transfer_id=self._tally.transfer_id,
                 adopt=True,  # this request's own part file, deleted after recording
-                data_set_sha256=sha256,
+                data_set_sha256=digest.hexdigest(),
             )
         except OutOfResources as exc:
             return self._refused(cls, sop, FailureReason.OUT_OF_RESOURCES, exc.message, peer)
@@ -320,8 +328,29 @@ class StowRequest:
         return (202 if failed or warned else 200), body
 
     def audit(self) -> None:
-        """The DICOM Instances Transferred summary of this request."""
-        audit_transfer(self._recorder.engine, self._tally)
+        """Write the DICOM Instances Transferred summary of this request; never raises.
+
+        Runs after the response. After the last failed attempt the instance rows stay marked
+        unsummarised and `audit_interrupted_transfers` writes the summary at the next start.
+        """
+        for pause in (*SUMMARY_RETRY_PAUSES, None):
+            try:
+                audit_transfer(self._recorder.engine, self._tally)
+                return
+            except Exception:
+                if pause is None:
+                    log.exception(
+                        "STOW-RS: the summary of transfer %s was not written; the next start"
+                        " writes it",
+                        self._tally.transfer_id,
+                    )
+                    return
+                log.warning(
+                    "STOW-RS: writing a transfer summary failed; again in %s s",
+                    pause,
+                    exc_info=True,
+                )
+                time.sleep(pause)
 
 
 def _uid(value: str) -> dict[str, Any]:
