@@ -20,6 +20,7 @@ from typing import BinaryIO, Protocol
 
 from gateway.dicom_header import DataSetDigest
 from gateway.listeners import dicom_pdu as pdu
+from gateway.listeners.part_files import write_fully
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class _Reader:
             if not got:
                 raise AssociationEnded("connection closed by the peer")
             if out is not None:
-                out.write(view[:got])
+                write_fully(out, view[:got])
             if digest is not None:
                 digest.update(view[:got])
             n -= got
@@ -334,7 +335,7 @@ class Association:
             implementation_version=self._policy.implementation_version,
             source_ae=self.peer.calling_ae,
         )
-        out.write(header)
+        write_fully(out, header)
         digest = DataSetDigest()
         digest.update(header)
         return out, part, digest

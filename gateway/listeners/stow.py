@@ -32,6 +32,7 @@ from gateway.listeners.multipart_stream import (
     PartData,
     PartStart,
 )
+from gateway.listeners.part_files import write_fully
 from gateway.transfer_audit import TransferTally, audit_transfer
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class _IncomingPart:
         if self.out is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.out = open(self.path, "xb", buffering=0)  # noqa: SIM115 (closed by finish)
-        self.out.write(data)
+        write_fully(self.out, data)
         self.digest.update(data)
 
     def finish(self, data: bytes | bytearray) -> Path:

@@ -406,3 +406,19 @@ async def test_parts_with_an_irregular_file_meta_are_read_whole_as_before(
         assert (response.status, failed) == ((200, []) if reason is None else (409, [reason])), name
         assert parsed_with == ["1.2.840.10008.1.2.1" if name == "regular" else ""], name
     assert len(gw.rows()) == 6
+
+
+async def test_a_part_written_in_short_raw_writes_is_stored_whole(
+    gw: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A raw write may take fewer bytes than given; every byte of the part must reach its file.
+    from gateway.listeners import stow
+    from tests.unit.test_part_files import short_writing_open
+
+    monkeypatch.setattr(stow, "open", short_writing_open(61), raising=False)
+    path = write_dicom(tmp_path / "short.dcm", generate_uid(), modality="CT")
+    response = await _post(gw, _body(path.read_bytes()))
+    assert response.status == 200, await response.text()
+    [row] = gw.rows()
+    stored = await asyncio.to_thread(Path(row.path).read_bytes)
+    assert stored == await asyncio.to_thread(path.read_bytes)

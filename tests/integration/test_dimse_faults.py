@@ -6,6 +6,7 @@ The listener runs in this process on a free port of 127.0.0.1; the peers are dcm
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -168,6 +169,26 @@ def test_a_truncated_stream_leaves_nothing_behind(
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert [r["sop_instance_uid"] for r in gw.rows()] == [ds.SOPInstanceUID]
     assert [p.name.startswith(".") for p in gw.spooled()] == [False]
+
+
+def test_an_instance_written_in_short_raw_writes_is_stored_whole(
+    start_listener: Callable[..., Listener], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A raw write may take fewer bytes than given; the part file must still hold every byte
+    # the digest covered (before, the rest of each short write was silently lost).
+    from gateway.listeners import dicom_association
+    from tests.unit.test_part_files import short_writing_open
+
+    monkeypatch.setattr(dicom_association, "open", short_writing_open(61), raising=False)
+    gw = start_listener()
+    path = write_dicom(tmp_path / "short.dcm", generate_uid(), modality="CT")
+    sent = _dcmtk("storescu", "-aec", AE_TITLE, HOST, str(gw.port), str(path))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    [row] = gw.rows()
+    stored = Path(str(row["path"])).read_bytes()
+    data_set = stored[data_set_offset(Path(str(row["path"]))) :]
+    assert data_set == _data_set(pydicom.dcmread(path))
+    assert row["sha256"] == hashlib.sha256(data_set).hexdigest()
 
 
 def _data_set(ds: pydicom.Dataset) -> bytes:
