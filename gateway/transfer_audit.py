@@ -35,9 +35,14 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Tells this process from an earlier one that had the same process id: a container restarted
+# in place runs the gateway under the same pid (often 1) on the same host name.
+_INCARNATION = uuid.uuid4().hex[:8]
+
+
 def new_transfer_id() -> str:
-    """`host:pid:random`: whose transfer it was, so a restart can tell its own leftovers."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:24]}"
+    """`host:pid:incarnation:random`: whose transfer it was, so a restart finds its leftovers."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{_INCARNATION}:{uuid.uuid4().hex[:16]}"
 
 
 @dataclass
@@ -120,12 +125,15 @@ def audit_transfer(
 
 
 def _alive(transfer_id: str) -> bool:
-    host, _, rest = transfer_id.partition(":")
-    pid = rest.partition(":")[0]
+    parts = transfer_id.split(":")
+    host, pid = parts[0], parts[1] if len(parts) > 1 else ""
     if host != socket.gethostname()[:40] or not pid.isdigit():
         return True  # another machine's transfer: its own restart writes the summary
     if int(pid) == os.getpid():
-        return True
+        # Ours, or an earlier process's that had our pid; ids without an incarnation (written
+        # before it was recorded) cannot be told apart and are taken as ours.
+        incarnation = parts[2] if len(parts) == 4 else _INCARNATION
+        return incarnation == _INCARNATION
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

@@ -25,7 +25,12 @@ from gateway.persistence.tables import audit_log, instances, studies
 from gateway.settings import AssemblySettings, Settings
 from gateway.spool import Spool
 from gateway.spool_reaper import reap_orphans
-from gateway.transfer_audit import TransferTally, audit_interrupted_transfers, audit_transfer
+from gateway.transfer_audit import (
+    TransferTally,
+    audit_interrupted_transfers,
+    audit_transfer,
+    new_transfer_id,
+)
 from tests.unit.test_assembly import (  # noqa: F401  (clock, recorder: fixtures)
     T0,
     Clock,
@@ -185,6 +190,28 @@ def test_one_transfer_summary_per_association(
     assert summaries[0]["type"]["code"] == "110104"
     with engine.connect() as conn:
         assert conn.execute(select(studies.c.claim_attempts)).scalar_one() == 0
+
+
+def test_an_earlier_process_with_this_pid_leaves_its_transfers_to_be_summarised(
+    engine: Engine, recorder: InstanceRecorder, tmp_path: Path
+) -> None:
+    # A container restarted in place runs the gateway again as the same pid on the same host:
+    # the earlier process's transfers were taken as this one's and never summarised.
+    study = generate_uid()
+    ours = new_transfer_id()
+    host, pid, incarnation, _random = ours.split(":")
+    other = "00000000" if incarnation != "00000000" else "11111111"
+    earlier = f"{host}:{pid}:{other}:1234"
+    for n, transfer in enumerate((earlier, ours)):
+        path = write_dicom(tmp_path / f"{n}.dcm", study, patient_id="P8")
+        recorder.record(path, parse_header(path), "MODALITY", transfer_id=transfer)
+    assert len(ours) <= 80
+    assert audit_interrupted_transfers(engine, lambda: T0) == [earlier]
+    with engine.connect() as conn:
+        marks = dict(
+            conn.execute(select(instances.c.transfer_id, instances.c.transfer_audited)).all()
+        )
+    assert marks == {earlier: True, ours: False}
 
 
 def test_a_killed_process_leaves_its_transfers_to_be_summarised_at_the_next_start(
