@@ -192,16 +192,30 @@ def file_meta_transfer_syntax(head: bytes, data_set_at: int) -> str | None:
 
 
 def data_set_offset(path: Path) -> int:
-    """Where the data set starts in a Part 10 file: after preamble, DICM and group 0002."""
+    """Where the data set starts in a Part 10 file whose group 0002 walks regular; else 0.
+
+    The offset bounds the instance's identity hash (the same data set sent with other file meta
+    is the same instance). A group length the meta's elements do not end at could leave the
+    first data-set bytes out of that hash, and a resend differing only there would pass for a
+    duplicate: such a file, or one with an oversized meta, is hashed whole.
+    """
     with path.open("rb") as fh:
-        return _offset_in(fh.read(_HEAD))
+        head = fh.read(_HEAD)
+        offset = _offset_in(head)
+        if not offset or offset + 2 > FILE_META_LIMIT:
+            return 0
+        head += fh.read(offset + 2 - _HEAD)
+    return offset if file_meta_transfer_syntax(head, offset) is not None else 0
 
 
 class DataSetDigest:
-    """SHA-256 of a Part 10 file's data set (what `data_set_offset` skips), fed as it arrives.
+    """SHA-256 of a Part 10 file's data set (after its claimed group 0002), fed as it arrives.
 
     Lets a receiver hash the bytes while writing them, so the spool need not read them back;
-    it also keeps the file meta (up to FILE_META_LIMIT) for `transfer_syntax`.
+    it also keeps the file meta (up to FILE_META_LIMIT) for `transfer_syntax`. The offset is
+    the group length's claim: when `transfer_syntax` is None the file meta was not written by
+    the receiver and does not walk regular, and the digest is not the instance's identity
+    (`data_set_offset` hashes such a file whole).
     """
 
     def __init__(self) -> None:

@@ -277,7 +277,9 @@ class StowRequest:
                 peer_address=peer or "",
                 transfer_id=self._tally.transfer_id,
                 adopt=True,  # this request's own part file, deleted after recording
-                data_set_sha256=digest.hexdigest(),
+                # Hashed as it arrived only when the meta walked regular; otherwise the
+                # recorder hashes the file itself (whole, see data_set_offset).
+                data_set_sha256=digest.hexdigest() if syntax else None,
             )
         except OutOfResources as exc:
             return self._refused(cls, sop, FailureReason.OUT_OF_RESOURCES, exc.message, peer)

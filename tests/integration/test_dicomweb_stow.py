@@ -422,3 +422,21 @@ async def test_a_part_written_in_short_raw_writes_is_stored_whole(
     [row] = gw.rows()
     stored = await asyncio.to_thread(Path(row.path).read_bytes)
     assert stored == await asyncio.to_thread(path.read_bytes)
+
+
+async def test_a_resend_differing_where_a_lying_group_length_points_is_a_new_version(
+    gw: Gateway, tmp_path: Path
+) -> None:
+    # The group length of both counts the first data-set element (Specific Character Set) into
+    # the meta; the identity hash used to start after it, and the resend, whose patient name
+    # now reads otherwise, passed for a duplicate of the first.
+    from tests.unit.test_dicom_header_file_meta import irregular_metas, write_ct
+
+    path = write_ct(tmp_path / "lying.dcm", "1.2.840.10008.1.2.1")
+    first = irregular_metas(path.read_bytes())["over-the-data-set"]
+    second = first.replace(b"ISO_IR 100", b"ISO_IR 192", 1)
+    assert second != first
+    for body, status in ((first, 200), (first, 200), (second, 202)):
+        response = await _post(gw, _body(body))
+        assert response.status == status, await response.text()
+    assert sorted(row.version for row in gw.rows()) == [1, 2]

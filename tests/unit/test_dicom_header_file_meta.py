@@ -219,10 +219,21 @@ def test_an_oversized_meta_is_not_kept_and_goes_to_pydicom(tmp_path: Path) -> No
         tmp_path / "big-meta.dcm", ExplicitVRLittleEndian, private_information=b"\x01" * 70_000
     )
     data = path.read_bytes()
-    assert data_set_offset(path) > FILE_META_LIMIT
     digest = _digest(data, 4096)
+    assert digest.data_set_at > FILE_META_LIMIT
     assert digest.transfer_syntax is None
-    assert digest.data_set_at == data_set_offset(path)
+    assert data_set_offset(path) == 0  # its identity hash covers the whole file
     header = _outcome(path, digest)
     assert header == _outcome(path)
     assert not isinstance(header, tuple)  # a valid file all the same, read the slow way
+
+
+def test_a_file_whose_meta_does_not_walk_regular_is_hashed_whole(tmp_path: Path) -> None:
+    # data_set_offset bounds the identity hash; a group length the elements do not end at must
+    # not leave data-set bytes out of it.
+    data = _regular(tmp_path)
+    assert data_set_offset(tmp_path / "regular.dcm") == _digest(data).data_set_at > 144
+    for name, variant in irregular_metas(data).items():
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(variant)
+        assert data_set_offset(path) == 0, name
