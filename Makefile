@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBIAN_PACKAGES := dcmtk strace orthanc orthanc-dicomweb openssl
+DEBIAN_PACKAGES := dcmtk strace orthanc orthanc-dicomweb orthanc-postgresql openssl
 export HITL_GATEWAY_STORAGE__DATA_DIR ?= ./var
 
 .PHONY: run test setup setup-test debian-packages lint typecheck unit clean

@@ -242,12 +242,12 @@ def table(rows: list[Row]) -> str:
     lines = [
         "| data | transport | receiver | inst/s | MB/s | CPU s | CPU s/GB | peak RSS MB "
         "| of which receiving process | peak PSS MB "
-        "| x Orthanc | x storescp |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| x Orthanc | x Orthanc, PostgreSQL index | x storescp |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         ratios = []
-        for ref in ("orthanc", "storescp"):
+        for ref in ("orthanc", "orthanc-postgresql", "storescp"):
             other = by_key.get((r.data, r.transport, ref))
             ok = r.receiver == "gateway" and other is not None
             ratios.append(f"{r.per_second / other.per_second:.2f}" if ok and other else "")
@@ -255,7 +255,7 @@ def table(rows: list[Row]) -> str:
             f"| {r.data} | {r.transport} | {r.receiver} | {r.per_second:.1f} | "
             f"{r.mb_per_second:.0f} | {r.cpu_seconds:.2f} | {r.cpu_per_gb:.1f} | "
             f"{r.peak_rss_mb:.0f} | {r.peak_own_rss_mb:.0f} | {r.peak_pss_mb:.0f} | "
-            f"{ratios[0]} | {ratios[1]} |"
+            f"{ratios[0]} | {ratios[1]} | {ratios[2]} |"
         )
     return "\n".join(lines)
 
@@ -268,7 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default="CT,CXR,STOW,1GB")
     parser.add_argument("--receivers", default="gateway,storescp,orthanc")
     parser.add_argument(
-        "--postgres", default="", help="admin URL: the gateway uses PostgreSQL instead of SQLite"
+        "--postgres",
+        default="",
+        help="admin URL: the gateway uses PostgreSQL instead of SQLite, and the receiver "
+        "orthanc-postgresql (Orthanc's PostgreSQL index plugin) can be named",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -278,15 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "CT": generate(work, "ct", 300, 512, CT_CLASS),
         "CXR": generate(work, "cxr", 20, 2500, DX_CLASS),
     }
-    receivers: list[Receiver] = [
-        r
-        for r in (
-            GatewayReceiver(work, args.postgres),
-            StorescpReceiver(work),
-            OrthancReceiver(work),
-        )
-        if r.name in args.receivers.split(",")
+    candidates: list[Receiver] = [
+        GatewayReceiver(work, args.postgres),
+        StorescpReceiver(work),
+        OrthancReceiver(work),
     ]
+    if args.postgres:
+        candidates.append(OrthancReceiver(work, args.postgres))
+    receivers = [r for r in candidates if r.name in args.receivers.split(",")]
     plan: list[tuple[Receiver, str, str, int]] = []
     for name in ("CT", "CXR"):
         if name not in wanted:

@@ -17,7 +17,9 @@ from typing import Protocol
 
 from tests.conftest import free_port
 from tests.peers.gateway_process import GatewayProcess
-from tests.peers.orthanc import Orthanc
+from tests.peers.orthanc import DICOMWEB_PLUGIN, Orthanc
+
+POSTGRESQL_INDEX_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -271,27 +273,66 @@ class StorescpReceiver:
 
 
 class OrthancReceiver:
-    """Orthanc with its default durability (fsync of every file) and the DICOMweb plugin."""
+    """Orthanc with its default durability (fsync of every file) and the DICOMweb plugin.
 
-    name = "orthanc"
+    With `postgres_admin_url` its index is kept by the PostgreSQL index plugin (Debian package
+    `orthanc-postgresql`) in a fresh database per run, so each instance's index row is committed
+    durably before success, as the gateway's is; the files stay in its storage directory.
+    """
+
     ae_title = "ORTHANC"
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory / "orthanc"
+    def __init__(self, directory: Path, postgres_admin_url: str = "") -> None:
+        self.postgres_admin_url = postgres_admin_url
+        self.name = "orthanc-postgresql" if postgres_admin_url else "orthanc"
+        self.directory = directory / self.name
         self.pacs: Orthanc | None = None
+        self.database = ""
         self.dicom_port = 0
         self.http_port = 0
 
     def start(self, associations: int) -> None:
         """Start with an empty store."""
         shutil.rmtree(self.directory, ignore_errors=True)
-        self.pacs = Orthanc(self.directory, dicomweb=True).start()
+        extra: dict[str, object] = {}
+        plugins = [str(DICOMWEB_PLUGIN)]
+        if self.postgres_admin_url:
+            from sqlalchemy.engine import make_url
+
+            url = make_url(self.postgres_admin_url)
+            self.database = f"orthanc_bench_{uuid.uuid4().hex[:12]}"
+            self._admin(f'CREATE DATABASE "{self.database}"')
+            plugins.append(str(POSTGRESQL_INDEX_PLUGIN))
+            extra["PostgreSQL"] = {
+                "EnableIndex": True,
+                "EnableStorage": False,
+                "Host": url.host or "127.0.0.1",
+                "Port": url.port or 5432,
+                "Database": self.database,
+                "Username": url.username or "postgres",
+                "Password": url.password or "",
+                "Lock": False,
+            }
+        self.pacs = Orthanc(self.directory, dicomweb=True, extra=extra)
+        self.pacs.config["Plugins"] = plugins
+        self.pacs.start()
         self.dicom_port, self.http_port = self.pacs.dicom_port, self.pacs.http_port
 
+    def _admin(self, statement: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        admin = create_engine(self.postgres_admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(statement))
+        admin.dispose()
+
     def stop(self) -> None:
-        """Stop the process."""
+        """Stop the process (and drop its database)."""
         if self.pacs is not None:
             self.pacs.stop()
+        if self.database:
+            self._admin(f'DROP DATABASE IF EXISTS "{self.database}"')
+            self.database = ""
 
     def pid(self) -> int:
         """The Orthanc process."""
