@@ -295,14 +295,13 @@ class OrthancReceiver:
         """Start with an empty store."""
         shutil.rmtree(self.directory, ignore_errors=True)
         extra: dict[str, object] = {}
-        plugins = [str(DICOMWEB_PLUGIN)]
         if self.postgres_admin_url:
             from sqlalchemy.engine import make_url
 
             url = make_url(self.postgres_admin_url)
             self.database = f"orthanc_bench_{uuid.uuid4().hex[:12]}"
             self._admin(f'CREATE DATABASE "{self.database}"')
-            plugins.append(str(POSTGRESQL_INDEX_PLUGIN))
+            extra["Plugins"] = [str(DICOMWEB_PLUGIN), str(POSTGRESQL_INDEX_PLUGIN)]
             extra["PostgreSQL"] = {
                 "EnableIndex": True,
                 "EnableStorage": False,
@@ -313,9 +312,7 @@ class OrthancReceiver:
                 "Password": url.password or "",
                 "Lock": False,
             }
-        self.pacs = Orthanc(self.directory, dicomweb=True, extra=extra)
-        self.pacs.config["Plugins"] = plugins
-        self.pacs.start()
+        self.pacs = Orthanc(self.directory, dicomweb=True, extra=extra).start()
         self.dicom_port, self.http_port = self.pacs.dicom_port, self.pacs.http_port
 
     def _admin(self, statement: str) -> None:
