@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import Engine, select, update
 
@@ -35,14 +36,42 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# Tells this process from an earlier one that had the same process id: a container restarted
-# in place runs the gateway under the same pid (often 1) on the same host name.
-_INCARNATION = uuid.uuid4().hex[:8]
+def _boot() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:8]
+    except OSError:
+        return ""
+
+
+def _run_of(pid: int, boot: str) -> str | None:
+    """`boot.start`: the boot and the clock tick `pid` started at; None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name in parentheses may hold spaces: fields are counted after its end.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return f"{boot}.{int(fields[19]):x}" if boot and len(fields) > 19 else None
+
+
+# Tells this process from any other that had the same process id: a container restarted in
+# place runs the gateway under the same pid (often 1), and after a crash an unrelated program
+# may hold the pid. Where /proc cannot say when a process started, a random token stands in: it
+# tells only this process's own transfers from an earlier one's.
+_BOOT = _boot()
+_RUNS: dict[int, str] = {}  # by pid: a forked child is a run of its own
+
+
+def _own_run() -> str:
+    pid = os.getpid()
+    if pid not in _RUNS:
+        _RUNS[pid] = _run_of(pid, _BOOT) or uuid.uuid4().hex[:8]
+    return _RUNS[pid]
 
 
 def new_transfer_id() -> str:
-    """`host:pid:incarnation:random`: whose transfer it was, so a restart finds its leftovers."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{_INCARNATION}:{uuid.uuid4().hex[:16]}"
+    """`host:pid:run:random`: whose transfer it was, so a restart finds its leftovers."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{_own_run()}:{uuid.uuid4().hex[:12]}"
 
 
 @dataclass
@@ -129,18 +158,22 @@ def _alive(transfer_id: str) -> bool:
     host, pid = parts[0], parts[1] if len(parts) > 1 else ""
     if host != socket.gethostname()[:40] or not pid.isdigit():
         return True  # another machine's transfer: its own restart writes the summary
+    # Ids written before the run was recorded cannot be told apart: taken as the pid's holder's.
+    run = parts[2] if len(parts) == 4 else None
     if int(pid) == os.getpid():
-        # Ours, or an earlier process's that had our pid; ids without an incarnation (written
-        # before it was recorded) cannot be told apart and are taken as ours.
-        incarnation = parts[2] if len(parts) == 4 else _INCARNATION
-        return incarnation == _INCARNATION
+        return run is None or run == _own_run()
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    if run is None or "." not in run:
         return True
-    return True
+    # A run that names its start: the pid's holder now is the same process only if it started
+    # then, in this boot (a process that cannot be read is taken as alive).
+    holder = _run_of(int(pid), _BOOT)
+    return holder is None or holder == run
 
 
 def audit_interrupted_transfers(

@@ -18,6 +18,7 @@ import pydicom
 from pydicom.uid import generate_uid
 from sqlalchemy import Engine, select
 
+from gateway import transfer_audit
 from gateway.assembly import StudyAssembler
 from gateway.domain.model import StudyState
 from gateway.ingest import Disposition, InstanceRecorder, data_set_offset, parse_header
@@ -212,6 +213,31 @@ def test_an_earlier_process_with_this_pid_leaves_its_transfers_to_be_summarised(
             conn.execute(select(instances.c.transfer_id, instances.c.transfer_audited)).all()
         )
     assert marks == {earlier: True, ours: False}
+
+
+def test_a_pid_now_held_by_another_program_leaves_its_transfers_to_be_summarised(
+    engine: Engine, recorder: InstanceRecorder, tmp_path: Path
+) -> None:
+    # The process that received died and an unrelated program got its pid: its transfers were
+    # taken as alive and their summaries waited for a later start, and another, and another.
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        study = generate_uid()
+        host, _pid, run, _random = new_transfer_id().split(":")
+        boot, _start = run.split(".")
+        dead_holder = f"{host}:{other.pid}:{boot}.1:0123456789ab"
+        holder_now = f"{host}:{other.pid}:{transfer_audit._run_of(other.pid, boot)}:ba9876543210"
+        older_id = f"{host}:{other.pid}:abcdef01:0123456789abcdef"  # no start recorded
+        for n, transfer in enumerate((dead_holder, holder_now, older_id)):
+            path = write_dicom(tmp_path / f"{n}.dcm", study, patient_id="P7")
+            recorder.record(path, parse_header(path), "MODALITY", transfer_id=transfer)
+            assert len(transfer) <= 80
+        assert audit_interrupted_transfers(engine, lambda: T0) == [dead_holder]
+    finally:
+        other.kill()
+        other.wait()
+    # Once the program has gone, the rest are summarised too.
+    assert audit_interrupted_transfers(engine, lambda: T0) == sorted([holder_now, older_id])
 
 
 def test_a_killed_process_leaves_its_transfers_to_be_summarised_at_the_next_start(
