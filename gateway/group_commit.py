@@ -5,22 +5,38 @@ a flush of the write-ahead log. Work submitted while a commit is in progress is 
 next transaction, so several waiting associations pay for one flush. A failing piece never
 undoes another: the transaction is rolled back and the other pieces run again in a new one.
 Pieces fail rarely (a fault, not a rule), so this costs less than a savepoint around each.
+
+A connection the database dropped before the commit was asked for (a server restart, a
+failover) is not a piece's fault: the batch runs again on a fresh connection. A connection lost
+during the commit leaves its outcome unknown, and every waiting caller hears the failure.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 T = TypeVar("T")
 MAX_BATCH = 32
 HOLD_CONNECTION_SECONDS = 1.0
+# Pauses before each attempt at a batch; after the first, each runs on a fresh connection
+# because the database dropped the last one (a failover takes a moment to finish).
+RECONNECT_PAUSES = (0.0, 0.0, 0.5, 2.0)
+
+
+class _Outcome(enum.Enum):
+    COMMITTED = "committed"
+    FAILED = "failed"  # the shared commit failed: every caller of the batch hears it
+    LOST = "lost"  # the connection went away before the commit: the batch may run again
 
 
 @dataclass
@@ -95,52 +111,75 @@ class GroupCommitter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
+            conn = self._run_batch(batch, conn)
+
+    def _run_batch(self, batch: list[_Job[Any]], conn: Connection | None) -> Connection | None:
+        """Commit the batch, on a fresh connection when the database dropped this one."""
+        waiting = list(batch)
+        try:
+            for pause in RECONNECT_PAUSES:
+                if pause:
+                    time.sleep(pause)
                 if conn is None:
                     conn = self._engine.connect()
-                if not self._commit(batch, conn) or conn.invalidated:
-                    # The shared commit failed or the driver lost the connection: the next
-                    # batch takes a fresh one from the pool (pinged on PostgreSQL).
-                    self._release(conn)
-                    conn = None
-            except BaseException as exc:
-                for job in batch:
-                    job.error = job.error or exc
-                    job.result = None
-                if conn is not None:
-                    self._release(conn)
+                outcome = self._commit(batch, conn)
+                if outcome is _Outcome.COMMITTED and not conn.invalidated:
+                    return conn
+                if outcome is _Outcome.LOST:
+                    with contextlib.suppress(Exception):
+                        conn.invalidate()
+                # The shared commit failed or the driver lost the connection: the next attempt
+                # or batch takes a fresh one from the pool (pinged on PostgreSQL).
+                self._release(conn)
                 conn = None
-            finally:
-                for job in batch:
-                    job.done.set()
+                batch = [job for job in batch if job.error is None]
+                if outcome is not _Outcome.LOST or not batch:
+                    return None
+            for job in batch:
+                job.error = ConnectionError("the database connection was lost at every attempt")
+            return None
+        except BaseException as exc:
+            for job in batch:
+                job.error = job.error or exc
+                job.result = None
+            if conn is not None:
+                self._release(conn)
+            return None
+        finally:
+            for job in waiting:
+                job.done.set()
 
     @staticmethod
     def _release(conn: Connection) -> None:
         with contextlib.suppress(Exception):
             conn.close()
 
-    def _commit(self, batch: list[_Job[Any]], conn: Connection) -> bool:
-        """Commit the batch's jobs; False when the shared commit itself failed."""
+    def _commit(self, batch: list[_Job[Any]], conn: Connection) -> _Outcome:
+        """Commit the batch's jobs that do not fail on their own."""
         while batch:
-            undone, failed = self._attempt(batch, conn)
-            if failed:
-                return False
+            undone, outcome = self._attempt(batch, conn)
+            if outcome is not _Outcome.COMMITTED:
+                return outcome
             # A job that failed or could not be made ready is undone with the rest of its
             # transaction; the others run again in a new one (their statements only touch the
             # database, so running them again is safe).
             batch = [job for job in batch if job.error is None]
             if not undone:
-                return True
-        return True
+                return outcome
+        return _Outcome.COMMITTED
 
-    def _attempt(self, batch: list[_Job[Any]], conn: Connection) -> tuple[bool, bool]:
-        """One transaction for the batch: (rolled back for one job's sake, commit failed)."""
+    def _attempt(self, batch: list[_Job[Any]], conn: Connection) -> tuple[bool, _Outcome]:
+        """One transaction for the batch: (rolled back for one job's sake, its outcome)."""
+        lost = False
         try:
             with conn.begin():
                 for job in batch:
                     try:
                         job.result = job.work(conn)
                     except Exception as exc:
+                        if _disconnected(conn, exc):
+                            lost = True
+                            raise _Lost from exc
                         job.error = exc
                         raise _Undo from exc
                 # Every job's statements ran; now each waits for its own file to be durable.
@@ -157,14 +196,39 @@ class GroupCommitter:
         except _Undo:
             for job in batch:
                 job.result = None
-            return True, False
+            return True, _Outcome.COMMITTED
         except BaseException as exc:
+            if lost:
+                # Also when the rollback on the dropped connection failed in turn.
+                for job in batch:
+                    job.result = None
+                return False, _Outcome.LOST
             # The shared commit failed: nothing of the batch is durable, every caller hears it.
             for job in batch:
                 job.error = job.error or exc
                 job.result = None
-            return False, True
-        return False, False
+            return False, _Outcome.FAILED
+        return False, _Outcome.COMMITTED
+
+
+def _disconnected(conn: Connection, exc: BaseException) -> bool:
+    """True when `exc` says the database connection went away, not that the work was wrong."""
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    # Hot-path statements run on the driver's cursor (gateway.persistence.driver_statement):
+    # its errors reach here unwrapped, and the dialect tells a dropped connection apart.
+    dbapi = conn.dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        return False
+    try:
+        raw = conn.connection.dbapi_connection
+        return bool(conn.dialect.is_disconnect(exc, raw, None))
+    except Exception:
+        return False
+
+
+class _Lost(Exception):
+    """The connection went away while the batch's statements ran; nothing was committed."""
 
 
 class _Undo(Exception):

@@ -7,7 +7,18 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import Column, Connection, Engine, Integer, MetaData, Table, event, insert, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    event,
+    insert,
+    select,
+    text,
+)
 
 from gateway.group_commit import GroupCommitter
 from gateway.persistence.db import make_engine
@@ -207,3 +218,88 @@ def test_a_failed_commit_reaches_every_caller_and_the_next_batch_takes_a_fresh_c
     assert len(checkouts) == 2
     with engine.connect() as conn:
         assert conn.execute(select(probe.c.n)).scalars().all() == [2]
+
+
+@pytest.fixture
+def pg_engine(postgres_url: str) -> Iterator[Engine]:
+    """PostgreSQL with the probe table: a server can drop a connection, SQLite cannot."""
+    engine = make_engine(postgres_url)
+    with engine.begin() as conn:
+        probe.create(conn)
+    yield engine
+    engine.dispose()
+
+
+def _drop_backend(engine: Engine, pid: int) -> None:
+    """Have the server end one connection, as a restart or a failover does."""
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        conn.commit()
+    deadline = time.monotonic() + 10
+    with engine.connect() as conn:
+        while (
+            conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            ).scalar()
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("through", ["driver cursor", "sqlalchemy"])
+def test_work_on_a_connection_the_server_dropped_runs_again_on_a_fresh_one(
+    pg_engine: Engine, through: str
+) -> None:
+    # The committing thread keeps its connection between batches; the server ended it (a
+    # restart, a failover) before the next batch's statements. They were never committed, so
+    # the batch runs again on a fresh connection and the callers hear success, once.
+    committer = GroupCommitter(pg_engine)
+    backends: list[int] = []
+
+    def insert_n(n: int) -> Callable[[Connection], int]:
+        def work(conn: Connection) -> int:
+            backends.append(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            return n
+
+        def driver_work(conn: Connection) -> int:
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            cursor.execute("SELECT pg_backend_pid()")
+            backends.append(cursor.fetchone()[0])
+            cursor.execute("INSERT INTO gc_probe (n) VALUES (%s)", (n,))
+            return n
+
+        def sqlalchemy_work(conn: Connection) -> int:
+            conn.execute(insert(probe).values(n=n))
+            return work(conn)
+
+        return driver_work if through == "driver cursor" else sqlalchemy_work
+
+    assert committer.run(insert_n(1)) == 1
+    _drop_backend(pg_engine, backends[-1])
+    assert committer.run(insert_n(2)) == 2
+    assert committer.run(insert_n(3)) == 3
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(probe.c.n).order_by(probe.c.n)).scalars().all() == [1, 2, 3]
+    assert backends[0] not in backends[-2:]
+
+
+def test_a_connection_lost_at_every_attempt_fails_the_batch_without_committing(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.group_commit.RECONNECT_PAUSES", (0.0, 0.0))
+    committer = GroupCommitter(pg_engine)
+    attempts: list[int] = []
+
+    def doomed(conn: Connection) -> None:
+        conn.execute(insert(probe).values(n=len(attempts) + 10))
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        attempts.append(pid)
+        _drop_backend(pg_engine, pid)
+        conn.execute(text("SELECT 1"))  # on the dropped connection
+
+    with pytest.raises(ConnectionError, match="lost at every attempt"):
+        committer.run(doomed)
+    assert len(attempts) == 2
+    assert committer.run(lambda conn: conn.execute(insert(probe).values(n=1)) and 1) == 1
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(probe.c.n)).scalars().all() == [1]
