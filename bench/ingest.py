@@ -236,6 +236,17 @@ def _median(rows: list[Row]) -> Row:
                pick.seconds, cpu, rss, own, pss)  # fmt: skip
 
 
+def _groups(
+    plan: list[tuple[Receiver, str, str, int]],
+) -> list[list[tuple[Receiver, str, str, int]]]:
+    """The plan's steps by row (data, transport, and the memory-run receiver of its own)."""
+    groups: dict[tuple[str, str, int], list[tuple[Receiver, str, str, int]]] = {}
+    for step in plan:
+        receiver, name, transport, _ = step
+        groups.setdefault((name, transport, id(receiver) if name == "1 GB" else 0), []).append(step)
+    return list(groups.values())
+
+
 def table(rows: list[Row]) -> str:
     """The results with the gateway's ratios to the references of the same data and transport."""
     by_key = {(r.data, r.transport, r.receiver): r for r in rows}
@@ -312,12 +323,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             plan += [(warm, "1 GB", "C-STORE x1", 1)]
     rows = []
-    for receiver, name, transport, associations in plan:
-        runs = [
-            measure(receiver, name, transport, data[name], associations) for _ in range(args.repeat)
-        ]
-        rows.append(_median(runs))
-        print(f"# {name} {transport} {receiver.name}: {rows[-1].per_second:.1f} inst/s", flush=True)
+    for group in _groups(plan):
+        # The receivers of one row take turns, round after round: this machine's speed drifts
+        # over minutes, and back-to-back runs of one receiver would carry the drift into ratios.
+        runs: dict[str, list[Row]] = {receiver.name: [] for receiver, *_ in group}
+        for _ in range(args.repeat):
+            for receiver, name, transport, associations in group:
+                run = measure(receiver, name, transport, data[name], associations)
+                runs[receiver.name].append(run)
+        for (receiver, name, transport, _), done in zip(group, runs.values(), strict=True):
+            rows.append(_median(done))
+            rates = " ".join(f"{r.per_second:.1f}" for r in done)
+            print(f"# {name} {transport} {receiver.name}: {rows[-1].per_second:.1f} inst/s "
+                  f"(rounds: {rates})", flush=True)  # fmt: skip
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=2))

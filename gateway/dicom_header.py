@@ -7,7 +7,9 @@ edge answers with 0xC000 and STOW-RS with FailureReason 0xC000.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,10 @@ def _text(ds: DecodedDataSet, keyword: str, limit: int) -> str:
 _IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _READ_THROUGH_PYDICOM = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
 _PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_PIXEL_DATA_TAG_BYTES = tuple(
+    struct.pack("<HH", tag >> 16, tag & 0xFFFF) for tag in sorted(_PIXEL_DATA_TAGS)
+)
+HEADER_READ = 64 * 1024  # bytes of a received file read at once for its header
 
 
 def _before_pixels(tag: int, _vr: str | None, _length: int) -> bool:
@@ -65,10 +71,23 @@ def _read_data_set(path: Path, data_set_at: int, transfer_syntax: str) -> tuple[
         return whole, str(whole.file_meta.get("TransferSyntaxUID", "")).strip()
     # The receiver wrote the file meta itself: the data set is read from where it starts,
     # without decoding the meta information again (a third of dcmread's time on a CT slice).
-    with path.open("rb") as fh:
-        fh.seek(data_set_at)
-        implicit = transfer_syntax == _IMPLICIT_VR_LITTLE_ENDIAN
-        dataset = read_dataset(fh, implicit, True, stop_when=_before_pixels)
+    implicit = transfer_syntax == _IMPLICIT_VR_LITTLE_ENDIAN
+    with path.open("rb", buffering=0) as raw:
+        head = raw.read(HEADER_READ) or b""
+        read_all = len(head) < HEADER_READ and not raw.read(1)
+        # pydicom asks a file for its position at every element, one system call each (and a
+        # turn of the interpreter lock); a header that lies in the first bytes is read from
+        # memory. It does when the whole file was read, or when the bytes of a pixel data tag
+        # are there and the reading stopped before the end of what was read.
+        if read_all or any(tag in head for tag in _PIXEL_DATA_TAG_BYTES):
+            memory = io.BytesIO(head)
+            memory.seek(data_set_at)
+            dataset = read_dataset(memory, implicit, True, stop_when=_before_pixels)
+            if read_all or memory.tell() < len(head):
+                return dataset, transfer_syntax
+        raw.seek(data_set_at)
+        with io.BufferedReader(raw) as fh:
+            dataset = read_dataset(fh, implicit, True, stop_when=_before_pixels)
     return dataset, transfer_syntax
 
 

@@ -137,7 +137,7 @@ class Spool:
         try:
             same_volume = source_stat is not None and source_stat.st_dev == device
             if adopt and isinstance(source, Path) and same_volume:
-                spooled = self._adopt(source, final, hash_from, sha256, defer_sync)
+                spooled = self._adopt(source, final, hash_from, sha256, defer_sync, expected)
             else:
                 spooled = self._write(source, final, reservation, hash_from)
         except OSError as exc:
@@ -175,7 +175,13 @@ class Spool:
         self._root_device()
 
     def _adopt(
-        self, source: Path, final: Path, hash_from: int, sha256: str | None, defer_sync: bool
+        self,
+        source: Path,
+        final: Path,
+        hash_from: int,
+        sha256: str | None,
+        defer_sync: bool,
+        size: int,
     ) -> SpooledFile:
         directory = final.parent
         self._directory(directory)
@@ -193,6 +199,10 @@ class Spool:
         # Linked before the fsync: the file's fsync then commits the new directory entry in the
         # same journal transaction, and the directory's fsync below has nothing left to wait
         # for. A crash in between leaves a name no row refers to (an orphan, whole or partial).
+        if sha256 is not None and defer_sync:
+            # Hashed while received, synced later: nothing to read or sync here (`size` is
+            # the source's, taken before linking; the caller will not change the file).
+            return SpooledFile(final, size, sha256, synced=False)
         digest = hashlib.sha256()
         size = 0
         with source.open("rb") as fh:

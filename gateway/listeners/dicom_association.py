@@ -323,9 +323,13 @@ class Association:
     def _open_data_set(
         self, command: pdu.Command, context_id: int
     ) -> tuple[BinaryIO, Path, DataSetDigest]:
-        self._incoming.mkdir(parents=True, exist_ok=True)
         part = self._incoming / f".dimse-{secrets.token_hex(8)}.part"
-        out: BinaryIO = open(part, "xb", buffering=0)  # noqa: SIM115 - closed by the caller
+        try:
+            out: BinaryIO = open(part, "xb", buffering=0)  # noqa: SIM115 - closed by the caller
+        except FileNotFoundError:
+            # Made on the first data set, or again when removed behind the receiver's back.
+            self._incoming.mkdir(parents=True, exist_ok=True)
+            out = open(part, "xb", buffering=0)  # noqa: SIM115
         _abstract, transfer_syntax = self._contexts[context_id]
         header = pdu.encode_part10_header(
             command.affected_sop_class,

@@ -191,6 +191,22 @@ def test_an_instance_written_in_short_raw_writes_is_stored_whole(
     assert row["sha256"] == hashlib.sha256(data_set).hexdigest()
 
 
+def test_a_receiving_directory_removed_between_data_sets_is_made_again(
+    start_listener: Callable[..., Listener], tmp_path: Path
+) -> None:
+    # The directory received data sets are written to is made once, not per data set; when
+    # something removes it (a clean-up of the spool), the next data set makes it again.
+    gw = start_listener()
+    study = generate_uid()
+    for n in range(3):
+        path = write_dicom(tmp_path / f"{n}.dcm", study, modality="CT")
+        sent = _dcmtk("storescu", "-aec", AE_TITLE, HOST, str(gw.port), str(path))
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        shutil.rmtree(gw.spool_dir / ".incoming")
+    assert len(gw.rows()) == 3
+    assert all(Path(str(row["path"])).is_file() for row in gw.rows())
+
+
 def _data_set(ds: pydicom.Dataset) -> bytes:
     out = io.BytesIO()
     pydicom.dcmwrite(out, ds, enforce_file_format=False, implicit_vr=False, little_endian=True)
