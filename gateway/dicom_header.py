@@ -55,8 +55,9 @@ def _text(ds: DecodedDataSet, keyword: str, limit: int) -> str:
 _IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _READ_THROUGH_PYDICOM = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
 _PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-_PIXEL_DATA_TAG_BYTES = tuple(
-    struct.pack("<HH", tag >> 16, tag & 0xFFFF) for tag in sorted(_PIXEL_DATA_TAGS)
+# Any of the pixel data tags as little endian bytes: one scan that stops at the first.
+_PIXEL_DATA_TAG_BYTES = re.compile(
+    b"|".join(re.escape(struct.pack("<HH", tag >> 16, tag & 0xFFFF)) for tag in _PIXEL_DATA_TAGS)
 )
 HEADER_READ = 64 * 1024  # bytes of a received file read at once for its header
 
@@ -79,7 +80,7 @@ def _read_data_set(path: Path, data_set_at: int, transfer_syntax: str) -> tuple[
         # turn of the interpreter lock); a header that lies in the first bytes is read from
         # memory. It does when the whole file was read, or when the bytes of a pixel data tag
         # are there and the reading stopped before the end of what was read.
-        if read_all or any(tag in head for tag in _PIXEL_DATA_TAG_BYTES):
+        if read_all or _PIXEL_DATA_TAG_BYTES.search(head):
             memory = io.BytesIO(head)
             memory.seek(data_set_at)
             dataset = read_dataset(memory, implicit, True, stop_when=_before_pixels)
