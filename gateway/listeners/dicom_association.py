@@ -20,7 +20,7 @@ from typing import BinaryIO, Protocol
 
 from gateway.dicom_header import DataSetDigest
 from gateway.listeners import dicom_pdu as pdu
-from gateway.listeners.part_files import write_fully
+from gateway.listeners.part_files import EarlyWriteback, write_fully
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ class _Reader:
         out: BinaryIO | None,
         buffer: memoryview,
         digest: DataSetDigest | None = None,
+        writeback: EarlyWriteback | None = None,
     ) -> None:
         """Move the next n bytes to `out` (or drop them), a chunk at a time."""
         while n:
@@ -112,6 +113,8 @@ class _Reader:
                 raise AssociationEnded("connection closed by the peer")
             if out is not None:
                 write_fully(out, view[:got])
+                if writeback is not None:
+                    writeback.wrote(got)
             if digest is not None:
                 digest.update(view[:got])
             n -= got
@@ -263,6 +266,7 @@ class Association:
         out: BinaryIO | None = None
         part: Path | None = None
         digest: DataSetDigest | None = None
+        writeback: EarlyWriteback | None = None
         remaining = first_length
         try:
             while True:
@@ -293,10 +297,11 @@ class Association:
                                 self._answer(command, context_id, None)
                                 return
                             out, part, digest = self._open_data_set(command, context_id)
+                            writeback = EarlyWriteback(out, written=digest.size)
                         continue
                     if command is None:
                         raise pdu.PduError("data set fragment before its command")
-                    reader.copy(value_length, out, self._buffer, digest)
+                    reader.copy(value_length, out, self._buffer, digest, writeback)
                     if last:
                         if remaining:
                             raise pdu.PduError("PDV items after the last data set fragment")

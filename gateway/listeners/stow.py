@@ -32,7 +32,7 @@ from gateway.listeners.multipart_stream import (
     PartData,
     PartStart,
 )
-from gateway.listeners.part_files import write_fully
+from gateway.listeners.part_files import EarlyWriteback, write_fully
 from gateway.transfer_audit import TransferTally, audit_transfer
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ class _IncomingPart:
     size: int = 0
     digest: DataSetDigest = field(default_factory=DataSetDigest)
     pending: bytearray = field(default_factory=bytearray)  # received, not yet written
+    writing: asyncio.Future[None] | None = None  # the slice being written, if any
+    writeback: EarlyWriteback | None = None
     # A write that failed (a full disk): the rest of the part is read and dropped, and the
     # part alone fails; the request goes on.
     error: OSError | None = None
@@ -106,7 +108,10 @@ class _IncomingPart:
         if self.out is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.out = open(self.path, "xb", buffering=0)  # noqa: SIM115 (closed by finish)
+            self.writeback = EarlyWriteback(self.out)
         write_fully(self.out, data)
+        assert self.writeback is not None
+        self.writeback.wrote(len(data))
         self.digest.update(data)
 
     def finish(self, data: bytes | bytearray) -> Path:
@@ -201,15 +206,32 @@ class StowRequest:
             raise ValueError(str(exc)) from exc
         finally:
             if part is not None:
+                with contextlib.suppress(Exception):
+                    await self._written(part)
                 part.discard()
             # Whatever ended the request, every part already received is recorded and reported.
             for item in ordered:
                 self.results.append(await item if isinstance(item, asyncio.Task) else item)
 
     async def _write(self, part: _IncomingPart) -> None:
+        # A slice is written while the next one is read; the slice before is waited for
+        # first, so the slices reach the file in order and at most two are held.
+        await self._written(part)
+        if part.error is not None:
+            part.pending.clear()
+            return
         data, part.pending = part.pending, bytearray()
+        loop = asyncio.get_running_loop()
+        part.writing = loop.run_in_executor(self._executor, part.write, data)
+
+    @staticmethod
+    async def _written(part: _IncomingPart) -> None:
+        """Wait for the part's slice being written, if any."""
+        writing, part.writing = part.writing, None
+        if writing is None:
+            return
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, part.write, data)
+            await writing
         except OSError as exc:
             part.error = exc
 
@@ -227,6 +249,7 @@ class StowRequest:
         slots: asyncio.Semaphore,
     ) -> PartResult:
         try:
+            await self._written(part)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
                 self._executor, self._finish_and_store, part, last, peer

@@ -424,6 +424,55 @@ async def test_a_part_written_in_short_raw_writes_is_stored_whole(
     assert stored == await asyncio.to_thread(path.read_bytes)
 
 
+async def test_a_large_part_goes_to_disk_while_it_arrives_and_is_stored_whole(
+    gw: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.listeners import part_files
+    from tests.unit.test_dicom_header_file_meta import write_ct
+
+    hints: list[tuple[int, int]] = []
+    monkeypatch.setattr(part_files, "_FADVISE", lambda _fd, at, n, _advice: hints.append((at, n)))
+    path = write_ct(tmp_path / "large.dcm", "1.2.840.10008.1.2.1", rows=1024)  # 2 MiB of pixels
+    response = await _post(gw, _body(path.read_bytes()))
+    assert response.status == 200, await response.text()
+    [row] = gw.rows()
+    assert await asyncio.to_thread(Path(row.path).read_bytes) == path.read_bytes()
+    # Handed over in the slices the receiver writes (a MiB or more each), contiguous from the
+    # start; the last bytes, under a MiB, are left to the fsync.
+    assert hints
+    assert [at for at, _ in hints] == [0, *(sum(h) for h in hints[:-1])]
+    assert all(n >= part_files.WRITEBACK_BYTES for _, n in hints)
+    assert path.stat().st_size - part_files.WRITEBACK_BYTES < sum(hints[-1]) <= path.stat().st_size
+
+
+async def test_a_part_is_read_while_its_previous_slice_is_written_and_lands_in_order(
+    gw: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The event loop reads the next slice of a part while a recording thread writes the one
+    # before (before, it waited for each write); each slice waits for the one before it.
+    from gateway.listeners import stow
+    from tests.unit.test_dicom_header_file_meta import write_ct
+
+    write = stow._IncomingPart.write
+    read_meanwhile: list[int] = []
+
+    def slow_write(self: Any, data: bytes | bytearray) -> None:
+        if len(data) >= stow.WRITE_BYTES:  # a slice, not the part's last bytes
+            time.sleep(0.1)
+            read_meanwhile.append(len(self.pending))  # what arrived during the write
+        write(self, data)
+
+    monkeypatch.setattr(stow._IncomingPart, "write", slow_write)
+    monkeypatch.setattr(stow, "WRITE_BYTES", 256 * 1024)
+    path = write_ct(tmp_path / "large.dcm", "1.2.840.10008.1.2.1", rows=1024)  # 2 MiB of pixels
+    response = await _post(gw, _body(path.read_bytes()))
+    assert response.status == 200, await response.text()
+    [row] = gw.rows()
+    assert await asyncio.to_thread(Path(row.path).read_bytes) == path.read_bytes()
+    assert len(read_meanwhile) >= 4
+    assert max(read_meanwhile) > 0
+
+
 async def test_a_resend_differing_where_a_lying_group_length_points_is_a_new_version(
     gw: Gateway, tmp_path: Path
 ) -> None:

@@ -191,6 +191,29 @@ def test_an_instance_written_in_short_raw_writes_is_stored_whole(
     assert row["sha256"] == hashlib.sha256(data_set).hexdigest()
 
 
+def test_a_large_instance_goes_to_disk_while_it_arrives_and_is_stored_whole(
+    start_listener: Callable[..., Listener], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its bytes are handed to the disk a MiB at a time behind the receiver, so the fsync after
+    # the last byte has little left to write; what is stored is the data set as sent.
+    from gateway.listeners import part_files
+    from tests.unit.test_dicom_header_file_meta import write_ct
+
+    hints: list[tuple[int, int]] = []
+    monkeypatch.setattr(part_files, "_FADVISE", lambda _fd, at, n, _advice: hints.append((at, n)))
+    gw = start_listener()
+    path = write_ct(tmp_path / "large.dcm", "1.2.840.10008.1.2.1", rows=1024)  # 2 MiB of pixels
+    sent = _dcmtk("storescu", "-aec", AE_TITLE, HOST, str(gw.port), str(path))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    [row] = gw.rows()
+    stored = Path(str(row["path"])).read_bytes()
+    assert stored[data_set_offset(Path(str(row["path"]))) :] == _data_set(pydicom.dcmread(path))
+    assert len(hints) == 2
+    assert [at for at, _ in hints] == [0, sum(hints[0])]
+    assert all(n >= part_files.WRITEBACK_BYTES for _, n in hints)
+    assert sum(hints[-1]) <= len(stored)
+
+
 def test_a_receiving_directory_removed_between_data_sets_is_made_again(
     start_listener: Callable[..., Listener], tmp_path: Path
 ) -> None:
