@@ -196,8 +196,11 @@ def audit_interrupted_transfers(
             .where(instances.c.transfer_audited.is_(False), instances.c.transfer_id.is_not(None))
         ).all()
     tallies: dict[str, TransferTally] = {}
+    alive: dict[str, bool] = {}  # by transfer: its rows share one answer
     for row in rows:
-        if not _alive(row.transfer_id):
+        if row.transfer_id not in alive:
+            alive[row.transfer_id] = _alive(row.transfer_id)
+        if not alive[row.transfer_id]:
             tally = tallies.setdefault(
                 row.transfer_id,
                 TransferTally(row.calling_ae, transfer_id=row.transfer_id, interrupted=True),

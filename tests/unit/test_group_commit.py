@@ -26,14 +26,18 @@ from gateway.persistence.db import make_engine
 probe = Table("gc_probe", MetaData(), Column("n", Integer, primary_key=True))
 
 
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """A database with one small table."""
-    engine = make_engine(database_url)
+def _with_probe(url: str) -> Iterator[Engine]:
+    engine = make_engine(url)
     with engine.begin() as conn:
         probe.create(conn)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A database with one small table."""
+    yield from _with_probe(database_url)
 
 
 def _behind_a_slow_first(
@@ -223,11 +227,7 @@ def test_a_failed_commit_reaches_every_caller_and_the_next_batch_takes_a_fresh_c
 @pytest.fixture
 def pg_engine(postgres_url: str) -> Iterator[Engine]:
     """PostgreSQL with the probe table: a server can drop a connection, SQLite cannot."""
-    engine = make_engine(postgres_url)
-    with engine.begin() as conn:
-        probe.create(conn)
-    yield engine
-    engine.dispose()
+    yield from _with_probe(postgres_url)
 
 
 def _drop_backend(engine: Engine, pid: int) -> None:
