@@ -190,10 +190,24 @@ def stow(port: int, path: str, token: str, files: Sequence[Path], per_request: i
     return elapsed
 
 
+def read_through(files: Sequence[Path]) -> None:
+    """Read the files once, so that the sender finds them in the page cache.
+
+    The receivers' writes (the 1 GB study above all) push the data of other rows out of the
+    cache; a round that found its files there and one that read them from the disk measured the
+    sender's disk, not the receiver (a row's first round once ran at a fifth of the others').
+    """
+    for path in files:
+        with path.open("rb") as fh:
+            while fh.read(1 << 20):
+                pass
+
+
 def measure(
     receiver: Receiver, data: str, transport: str, files: Sequence[Path], associations: int
 ) -> Row:
     """One run on a freshly started receiver."""
+    read_through(files)
     receiver.start(associations)
     try:
         with TreeMeter(receiver.pid()) as meter:
@@ -234,6 +248,14 @@ def _median(rows: list[Row]) -> Row:
     pss = max(r.peak_pss_mb for r in rows)
     return Row(pick.data, pick.transport, pick.receiver, pick.instances, pick.megabytes,
                pick.seconds, cpu, rss, own, pss)  # fmt: skip
+
+
+def paired_ratios(runs: Sequence[Row], references: Sequence[Row]) -> list[float]:
+    """The gateway's rate over a reference's, round by round (the two ran one after the other).
+
+    Less sensitive to the machine's drift over minutes than the ratio of the two medians.
+    """
+    return [r.per_second / ref.per_second for r, ref in zip(runs, references, strict=True)]
 
 
 def _groups(
@@ -336,6 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             rates = " ".join(f"{r.per_second:.1f}" for r in done)
             print(f"# {name} {transport} {receiver.name}: {rows[-1].per_second:.1f} inst/s "
                   f"(rounds: {rates})", flush=True)  # fmt: skip
+        for reference in ("orthanc", "orthanc-postgresql"):
+            if "gateway" in runs and reference in runs:
+                paired = paired_ratios(runs["gateway"], runs[reference])
+                listed = " ".join(f"{q:.2f}" for q in paired)
+                print(f"# {name} {transport} gateway / {reference}, round by round: {listed} "
+                      f"(median {statistics.median(paired):.2f})", flush=True)  # fmt: skip
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=2))

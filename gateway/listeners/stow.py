@@ -206,9 +206,7 @@ class StowRequest:
             raise ValueError(str(exc)) from exc
         finally:
             if part is not None:
-                with contextlib.suppress(Exception):
-                    await self._written(part)
-                part.discard()
+                await self._abandon(part)
             # Whatever ended the request, every part already received is recorded and reported.
             for item in ordered:
                 self.results.append(await item if isinstance(item, asyncio.Task) else item)
@@ -227,13 +225,26 @@ class StowRequest:
     @staticmethod
     async def _written(part: _IncomingPart) -> None:
         """Wait for the part's slice being written, if any."""
-        writing, part.writing = part.writing, None
+        writing = part.writing
         if writing is None:
             return
         try:
-            await writing
+            # Shielded, and forgotten only once done: cancelling the request stops this wait,
+            # never the thread's write, and whoever drops the part still sees it in flight.
+            await asyncio.shield(writing)
         except OSError as exc:
             part.error = exc
+        part.writing = None
+
+    async def _abandon(self, part: _IncomingPart) -> None:
+        """Remove the file of a part the request ended in, once no thread writes to it."""
+        try:
+            with contextlib.suppress(Exception):
+                await self._written(part)
+        except asyncio.CancelledError:
+            _discard_when_written(part)
+            raise
+        part.discard()
 
     def _count(self, nbytes: int, part: _IncomingPart) -> None:
         part.size += nbytes
@@ -249,7 +260,12 @@ class StowRequest:
         slots: asyncio.Semaphore,
     ) -> PartResult:
         try:
-            await self._written(part)
+            try:
+                await self._written(part)
+            except asyncio.CancelledError:
+                _discard_when_written(part)
+                raise
+            # From here the recording thread owns the part: it removes the file itself.
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
                 self._executor, self._finish_and_store, part, last, peer
@@ -377,6 +393,22 @@ class StowRequest:
                     exc_info=True,
                 )
                 time.sleep(pause)
+
+
+def _discard_when_written(part: _IncomingPart) -> None:
+    # Closing the file under a thread still writing to it could send that write to whatever
+    # file reuses the descriptor's number: the file goes once the write is over.
+    writing = part.writing
+    if writing is None:
+        part.discard()
+        return
+
+    def discard(done: asyncio.Future[None]) -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved: the part is dropped whatever the write did
+        part.discard()
+
+    writing.add_done_callback(discard)
 
 
 def _uid(value: str) -> dict[str, Any]:
