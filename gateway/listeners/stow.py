@@ -236,14 +236,20 @@ class StowRequest:
             part.error = exc
         part.writing = None
 
-    async def _abandon(self, part: _IncomingPart) -> None:
-        """Remove the file of a part the request ended in, once no thread writes to it."""
+    @classmethod
+    async def _written_or_dropped(cls, part: _IncomingPart) -> None:
+        """Wait for the part's slice being written; if this wait is cancelled, the part's file
+        is removed once the write is over."""
         try:
-            with contextlib.suppress(Exception):
-                await self._written(part)
+            await cls._written(part)
         except asyncio.CancelledError:
             _discard_when_written(part)
             raise
+
+    async def _abandon(self, part: _IncomingPart) -> None:
+        """Remove the file of a part the request ended in, once no thread writes to it."""
+        with contextlib.suppress(Exception):
+            await self._written_or_dropped(part)
         part.discard()
 
     def _count(self, nbytes: int, part: _IncomingPart) -> None:
@@ -260,11 +266,7 @@ class StowRequest:
         slots: asyncio.Semaphore,
     ) -> PartResult:
         try:
-            try:
-                await self._written(part)
-            except asyncio.CancelledError:
-                _discard_when_written(part)
-                raise
+            await self._written_or_dropped(part)
             # From here the recording thread owns the part: it removes the file itself.
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
