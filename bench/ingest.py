@@ -25,7 +25,7 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,14 +269,28 @@ def _groups(
     return list(groups.values())
 
 
-def table(rows: list[Row]) -> str:
-    """The results with the gateway's ratios to the references of the same data and transport."""
+def spread(ratios: Sequence[float]) -> str:
+    """Round-by-round ratios as "lowest-highest (median)"."""
+    if not ratios:
+        return ""
+    return f"{min(ratios):.2f}-{max(ratios):.2f} ({statistics.median(ratios):.2f})"
+
+
+def table(
+    rows: list[Row], by_round: Mapping[tuple[str, str, str], Sequence[float]] | None = None
+) -> str:
+    """The results with the gateway's ratios to the references of the same data and transport.
+
+    `by_round` holds the gateway's round-by-round ratios by (data, transport, reference).
+    """
     by_key = {(r.data, r.transport, r.receiver): r for r in rows}
+    by_round = by_round or {}
     lines = [
         "| data | transport | receiver | inst/s | MB/s | CPU s | CPU s/GB | peak RSS MB "
         "| of which receiving process | peak PSS MB "
-        "| x Orthanc | x Orthanc, PostgreSQL index | x storescp |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| x Orthanc | x Orthanc, PostgreSQL index | x storescp "
+        "| x Orthanc by round | x Orthanc, PostgreSQL index, by round |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         ratios = []
@@ -284,11 +298,15 @@ def table(rows: list[Row]) -> str:
             other = by_key.get((r.data, r.transport, ref))
             ok = r.receiver == "gateway" and other is not None
             ratios.append(f"{r.per_second / other.per_second:.2f}" if ok and other else "")
+        rounds = [
+            spread(by_round.get((r.data, r.transport, ref), [])) if r.receiver == "gateway" else ""
+            for ref in ("orthanc", "orthanc-postgresql")
+        ]
         lines.append(
             f"| {r.data} | {r.transport} | {r.receiver} | {r.per_second:.1f} | "
             f"{r.mb_per_second:.0f} | {r.cpu_seconds:.2f} | {r.cpu_per_gb:.1f} | "
             f"{r.peak_rss_mb:.0f} | {r.peak_own_rss_mb:.0f} | {r.peak_pss_mb:.0f} | "
-            f"{ratios[0]} | {ratios[1]} | {ratios[2]} |"
+            f"{ratios[0]} | {ratios[1]} | {ratios[2]} | {rounds[0]} | {rounds[1]} |"
         )
     return "\n".join(lines)
 
@@ -345,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             plan += [(warm, "1 GB", "C-STORE x1", 1)]
     rows = []
+    by_round: dict[tuple[str, str, str], list[float]] = {}
     for group in _groups(plan):
         # The receivers of one row take turns, round after round: this machine's speed drifts
         # over minutes, and back-to-back runs of one receiver would carry the drift into ratios.
@@ -361,10 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for reference in ("orthanc", "orthanc-postgresql"):
             if "gateway" in runs and reference in runs:
                 paired = paired_ratios(runs["gateway"], runs[reference])
+                by_round[(name, transport, reference)] = paired
                 listed = " ".join(f"{q:.2f}" for q in paired)
                 print(f"# {name} {transport} gateway / {reference}, round by round: {listed} "
                       f"(median {statistics.median(paired):.2f})", flush=True)  # fmt: skip
-    print(table(rows))
+    print(table(rows, by_round))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=2))
     return 0

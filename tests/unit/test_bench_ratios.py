@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.ingest import Row, paired_ratios
+from bench.ingest import Row, paired_ratios, spread, table
 
 
 def _run(receiver: str, seconds: float) -> Row:
@@ -21,3 +21,16 @@ def test_each_round_is_compared_with_the_reference_run_beside_it() -> None:
 def test_rounds_missing_on_one_side_are_an_error() -> None:
     with pytest.raises(ValueError, match="shorter"):
         paired_ratios([_run("gateway", 1.0)], [])
+
+
+def test_the_table_shows_each_rows_spread_of_round_by_round_ratios() -> None:
+    rows = [_run("gateway", 1.0), _run("orthanc", 1.25)]
+    by_round = {("CT", "C-STORE x4", "orthanc"): [0.77, 0.98, 0.88]}
+
+    lines = table(rows, by_round).splitlines()
+
+    gateway, orthanc = lines[2].split(" | "), lines[3].split(" | ")
+    assert gateway[10] == "1.25"  # the ratio of the medians
+    assert gateway[13] == "0.77-0.98 (0.88)"
+    assert orthanc[13] == ""
+    assert spread([]) == ""
