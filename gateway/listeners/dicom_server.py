@@ -101,7 +101,14 @@ class DicomServer:
                     return
                 log.warning("accept failed: %s", exc)
                 continue
-            if self.active_associations >= self._connection_cap:
+            # Counted here, not when its thread first runs: a burst accepted faster than threads
+            # start would otherwise pass the cap (and the association limit) uncounted.
+            with self._lock:
+                full = len(self._active) >= self._connection_cap
+                if not full:
+                    self._active[id(conn)] = conn
+                over = len(self._active) > self._limit
+            if full:
                 # A flood of connections (a scan, a misbehaving sender) must not become a flood
                 # of threads: past the cap, closed at once without reading.
                 log.warning("connection refused: %d connections open", self._connection_cap)
@@ -109,17 +116,22 @@ class DicomServer:
                     conn.close()
                 continue
             thread = threading.Thread(
-                target=self._serve, args=(conn,), name="dicom-association", daemon=True
+                target=self._serve, args=(conn, over), name="dicom-association", daemon=True
             )
             with self._lock:
                 self._threads.add(thread)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no thread to be had: the connection is not served
+                log.warning("connection dropped: %s", exc)
+                with self._lock:
+                    self._active.pop(id(conn), None)
+                    self._threads.discard(thread)
+                with contextlib.suppress(OSError):
+                    conn.close()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, over: bool) -> None:
         key = id(conn)
-        with self._lock:
-            self._active[key] = conn
-            over = len(self._active) > self._limit
         try:
             # Modalities built on dcmtk answer in two writes; without TCP_NODELAY each exchange
             # waits for a delayed ACK (tens of ms per instance).

@@ -607,3 +607,30 @@ def test_a_data_set_split_over_many_small_pdus_is_stored_unchanged(
     stored = Path(str(row["path"]))
     source_bytes = path.read_bytes()[data_set_offset(path) :]
     assert stored.read_bytes()[data_set_offset(stored) :] == source_bytes
+
+
+def test_connections_accepted_faster_than_their_threads_start_still_count_against_the_cap(
+    start_listener: Callable[..., Listener], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A burst on a busy machine: the acceptor takes connections before their threads run. They
+    # count from their accept, so the one past the cap is closed at once, not served.
+    from gateway.listeners.dicom_server import DicomServer
+
+    serve = DicomServer._serve
+
+    def slow_to_start(self: DicomServer, conn: socket.socket, over: bool) -> None:
+        time.sleep(1.5)
+        serve(self, conn, over)
+
+    monkeypatch.setattr(DicomServer, "_serve", slow_to_start)
+    gw = start_listener(maximum_associations=1, acse_timeout_seconds=3)
+    cap = 2 * 1 + 8
+    held = [socket.create_connection((HOST, gw.port), timeout=10) for _ in range(cap)]
+    try:
+        with socket.create_connection((HOST, gw.port), timeout=10) as extra:
+            started = time.monotonic()
+            assert extra.recv(1) == b""
+            assert time.monotonic() - started < 1.0  # refused, not served after its thread
+    finally:
+        for sock in held:
+            sock.close()
