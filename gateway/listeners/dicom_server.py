@@ -63,12 +63,6 @@ class DicomServer:
         host, port = self._listener.getsockname()[:2]
         return str(host), int(port)
 
-    @property
-    def active_associations(self) -> int:
-        """Connections currently open (negotiating or associated)."""
-        with self._lock:
-            return len(self._active)
-
     def start(self) -> None:
         """Start accepting in the background."""
         self._acceptor.start()
