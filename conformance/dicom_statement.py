@@ -65,7 +65,9 @@ instances are kept byte for byte in the transfer syntax they arrived in.
 - Transport: TCP/IP; DICOM TLS (PS3.15 B.1, TLS 1.2 or later) when `dicom.tls_certificate` and
   `dicom.tls_private_key` are set, with client certificates required when
   `dicom.tls_ca_certificates` is set.
-- Success is answered only after the instance is on disk (fsynced) and committed to the database.
+- Success is answered only after the instance is on disk (fsynced, its directory too) and its
+  database statements ran; the commit follows, is retried until made and, after a crash, is
+  made from the spool at the next start.
 
 ### 2.1 Presentation contexts accepted
 

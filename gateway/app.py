@@ -18,6 +18,7 @@ from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.ingest import InstanceRecorder
+    from gateway.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,23 @@ async def _reap_spool(engine: Engine, settings: Settings) -> None:
     storage = settings.storage
     await asyncio.to_thread(audit_interrupted_transfers, engine)
     await asyncio.to_thread(reap_orphans, engine, storage.spool_dir, storage.orphan_grace_seconds)
+
+
+def _recover_answered(recorder: InstanceRecorder, spool: Spool) -> None:
+    from gateway.spool_recovery import recover_answered
+
+    try:
+        recover_answered(recorder, spool)
+    except Exception:
+        # Each file left is tried again at the next start; the orphan reaper leaves it alone.
+        log.exception("could not recover the instances a stopped run answered")
+
+
+def _settle(recorder: InstanceRecorder) -> None:
+    try:
+        recorder.settle()
+    except Exception:
+        log.warning("commits owed to answered instances were left to the next start", exc_info=True)
 
 
 def _rehearse_ingest(recorder: InstanceRecorder, settings: Settings) -> None:
@@ -181,11 +199,16 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
                 stack.push_async_callback(updater.aclose)
         if encounters is not None:
             stack.push_async_callback(encounters.aclose)
-        # Before either port opens: a health check that answers means DICOM is accepted too.
+        # Before either port opens: what a crashed run answered is recorded before anything
+        # is received again, and a health check that answers means DICOM is accepted too.
+        await asyncio.to_thread(_recover_answered, recorder, spool)
         await asyncio.to_thread(_rehearse_ingest, recorder, settings)
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
         await site.start()
         dimse.start()
+        # Runs after the listener stopped: the commits owed to answered instances are made
+        # now rather than recovered at the next start.
+        stack.callback(_settle, recorder)
         stack.callback(dimse.stop)
         workers.append(asyncio.create_task(_reap_spool(engine, settings), name="spool-reaper"))
         stack.callback(step.close)

@@ -132,6 +132,7 @@ class InstanceRecorder:
         transfer_id: str | None = None,
         adopt: bool = False,
         data_set_sha256: str | None = None,
+        hand_over: bool = False,
     ) -> IngestOutcome:
         """Spool and record one received instance (the file at `path` is copied, or linked with
         `adopt` when the caller owns it and it lies on the spool's file system; a receiver that
@@ -139,26 +140,46 @@ class InstanceRecorder:
 
         With a `transfer_id` the instance is audited by its association's or request's DICOM
         Instances Transferred summary (gateway.transfer_audit); without one, by its own record.
+
+        With `hand_over` (an adopted file in a receiving run's directory, see
+        gateway.spool_recovery) the outcome returns once the spooled file is durable and the
+        statements ran, before the commit; the file at `path` then belongs to the recorder,
+        which removes it once the row is committed. Should the process die first, that file
+        tells the next start to record the instance from the spool. On an exception the
+        caller still owns it.
         """
         hash_from = 0 if data_set_sha256 else data_set_offset(path)
         version = 1
         for _ in range(MAX_VERSION_ATTEMPTS):
             version, spooled = self._spool_next_version(
-                path, header, version, hash_from, adopt, data_set_sha256
+                path, header, version, hash_from, adopt or hand_over, data_set_sha256
             )
-            result = self._commit(spooled, version, header, calling_ae, peer_address, transfer_id)
+            # Only a linked file leaves the received name as the mark of a pending commit.
+            pending = path if hand_over and not spooled.synced else None
+            result = self._commit(
+                spooled, version, header, calling_ae, peer_address, transfer_id, pending
+            )
             if isinstance(result, _Superseded):
                 # A version at or above this one is recorded already (its name was free in the
                 # spool: an orphan reaped after a crash); the bytes are spooled again above it.
                 self._spool.discard(spooled.path)
                 version = result.latest + 1
                 continue
-            if result.disposition is Disposition.DUPLICATE:
-                # The identical bytes are already recorded under another version; the copy is
-                # removed only after the commit, so a failed commit never loses a referenced file.
-                self._spool.discard(spooled.path)
+            if hand_over and pending is None:
+                path.unlink(missing_ok=True)  # copied, not linked: nothing to keep it for
             return result
         raise SpoolCollisionError(f"no free version for {header.sop_instance_uid}")
+
+    def record_in_place(
+        self, spooled: SpooledFile, version: int, header: ParsedHeader, calling_ae: str
+    ) -> IngestOutcome | None:
+        """Record a file already under its spool name; None when a later version is recorded."""
+        result = self._commit(spooled, version, header, calling_ae, "")
+        return None if isinstance(result, _Superseded) else result
+
+    def settle(self) -> None:
+        """Return once every instance recorded so far is committed."""
+        self._committer.settle()
 
     def rehearse(
         self,
@@ -257,6 +278,7 @@ class InstanceRecorder:
         calling_ae: str,
         peer_address: str,
         transfer_id: str | None = None,
+        pending: Path | None = None,
     ) -> IngestOutcome | _Superseded:
         # Concurrent associations share one transaction and one log flush (group commit). The
         # statements run while this thread makes the spooled file durable; the transaction
@@ -274,7 +296,23 @@ class InstanceRecorder:
             if failed:
                 raise failed[0]
 
-        outcome = self._committer.submit(work, ready)
+        def committed(result: IngestOutcome | _Superseded) -> None:
+            if isinstance(result, _Superseded):
+                return  # the caller spools the bytes again above the latest version
+            # A duplicate of identical bytes recorded under another version: the copy is removed
+            # only after the commit, so a failed commit never loses a referenced file. An owed
+            # piece run again after a commit whose outcome was unknown finds its own row.
+            if result.disposition is Disposition.DUPLICATE and result.instance.path != str(
+                spooled.path
+            ):
+                self._spool.discard(spooled.path)
+            if pending is not None:
+                pending.unlink(missing_ok=True)
+
+        def early(result: IngestOutcome | _Superseded) -> bool:
+            return pending is not None and isinstance(result, IngestOutcome)
+
+        outcome = self._committer.submit(work, ready, answer_early=early, after_commit=committed)
         try:
             self._spool.sync(spooled)
         except BaseException as exc:

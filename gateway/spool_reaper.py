@@ -1,7 +1,8 @@
 """Remove spool files that no instance row refers to: the leftovers of a crash.
 
 A crash between the durable spool write and the database commit leaves a complete file whose
-sender never heard success; a crash inside the write leaves a temporary file. Neither is part of
+sender never heard success (unless a receiving run's mark still links it: see
+gateway.spool_recovery); a crash inside the write leaves a temporary file. Neither is part of
 any study. Files younger than the grace period are left alone, since a write in progress on
 another replica sharing the volume has not committed yet.
 """
@@ -28,10 +29,13 @@ def _candidates(root: Path, older_than: float) -> Iterator[Path]:
         for name in files:
             path = Path(dirpath) / name
             try:
-                if path.stat().st_mtime < older_than:
-                    yield path
+                stat = path.stat()
             except FileNotFoundError:
                 continue
+            # A second link is a receiving run's mark of a commit still owed to an answered
+            # instance: that run, or the start after it, records it (gateway.spool_recovery).
+            if stat.st_mtime < older_than and stat.st_nlink < 2:
+                yield path
 
 
 def reap_orphans(

@@ -69,6 +69,16 @@ def _own_run() -> str:
     return _RUNS[pid]
 
 
+def receiving_run() -> str:
+    """`host:pid:run`: this process's run, as it names its receiving directory."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{_own_run()}"
+
+
+def run_ended(run: str) -> bool:
+    """True when a run named by `receiving_run()` is over (it may have crashed)."""
+    return not _alive(f"{run}:-")
+
+
 def new_transfer_id() -> str:
     """`host:pid:run:random`: whose transfer it was, so a restart finds its leftovers."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{_own_run()}:{uuid.uuid4().hex[:12]}"

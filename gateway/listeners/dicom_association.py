@@ -55,17 +55,18 @@ class Peer:
     state: dict[str, object] = field(default_factory=dict)  # the handler's per-association data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoreRequest:
     """A received C-STORE request and where its data set was written."""
 
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
-    data_set: Path  # a Part 10 file, removed after the handler returns
+    data_set: Path  # a Part 10 file, removed after the handler returns unless it was `kept`
     data_set_sha256: str = ""  # of the data set's bytes, as gateway.dicom_header defines it
     abstract_syntax: str = ""  # of the presentation context the request came on
     data_set_at: int = 0  # where the data set starts in the file, after the file meta written
+    kept: bool = False  # set by a handler that took the file over (it removes it later)
 
 
 class DimseHandler(Protocol):
@@ -294,7 +295,7 @@ class Association:
                         if last:
                             command = pdu.decode_command(b"".join(command_parts))
                             if not command.has_data_set:
-                                self._answer(command, context_id, None)
+                                self._send(self._response(command, context_id, None)[0])
                                 return
                             out, part, digest = self._open_data_set(command, context_id)
                             writeback = EarlyWriteback(out, written=digest.size)
@@ -310,9 +311,12 @@ class Association:
                         out.close()
                         out = None
                         assert digest is not None
-                        self._answer(
+                        response, kept = self._response(
                             command, context_id, part, digest.hexdigest(), digest.data_set_at
                         )
+                        if kept:
+                            part = None  # the handler took the file over
+                        self._send(response)
                         return
                 pdu_type, remaining = self._read_pdu_header(reader)
                 if pdu_type == pdu.ABORT:
@@ -349,14 +353,16 @@ class Association:
         digest.update(header)
         return out, part, digest
 
-    def _answer(
+    def _response(
         self,
         command: pdu.Command,
         context_id: int,
         data_set: Path | None,
         sha256: str = "",
         data_set_at: int = 0,
-    ) -> None:
+    ) -> tuple[bytes, bool]:
+        """The answer to the message, and True when the handler kept the data set's file."""
+        kept = False
         operation = command.command_field
         if operation == pdu.C_STORE_RQ and data_set is not None:
             abstract, transfer_syntax = self._contexts[context_id]
@@ -370,6 +376,7 @@ class Association:
                 data_set_at,
             )
             status, comment = self._handler.store(self.peer, request)
+            kept = request.kept
             response = pdu.encode_response(command, status, comment=comment)
         elif operation == pdu.C_STORE_RQ:
             log.warning("C-STORE without a data set from %s", self.peer.calling_ae)
@@ -382,4 +389,4 @@ class Association:
             response = pdu.encode_response(
                 command, pdu.STATUS_UNRECOGNIZED_OPERATION, comment="operation not supported"
             )
-        self._send(pdu.encode_p_data(context_id, response, self._peer_max))
+        return pdu.encode_p_data(context_id, response, self._peer_max), kept

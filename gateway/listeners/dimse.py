@@ -27,7 +27,8 @@ from gateway.ingest import InstanceRecorder, parse_header
 from gateway.listeners.dicom_association import AcceptancePolicy, Peer, StoreRequest
 from gateway.listeners.dicom_server import DicomServer
 from gateway.settings import DicomSettings, Settings
-from gateway.transfer_audit import TransferTally, audit_transfer
+from gateway.spool_recovery import receiving_directory
+from gateway.transfer_audit import TransferTally, audit_transfer, receiving_run
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class DimseListener:
             (dicom.host, dicom.port),
             self._policy,
             self,
-            self._settings.storage.spool_dir / ".incoming",
+            receiving_directory(self._settings.storage.spool_dir, receiving_run()),
             maximum_associations=dicom.maximum_associations,
             ssl_context=context,
         )
@@ -123,6 +124,8 @@ class DimseListener:
         if not isinstance(tally, TransferTally):
             return
         try:
+            # The last instances were answered before their commit: the summary counts rows.
+            self._recorder.settle()
             audit_transfer(self._recorder.engine, tally)
         except Exception:
             log.exception("could not audit the transfer from %s", tally.calling_ae)
@@ -170,9 +173,12 @@ class DimseListener:
                 calling_ae,
                 peer_address=address,
                 transfer_id=tally.transfer_id,
-                adopt=True,  # the association's received file, removed after this handler
+                # The association's received file: the recorder keeps it as the mark of a
+                # commit still owed (gateway.spool_recovery) and removes it once committed.
+                hand_over=True,
                 data_set_sha256=request.data_set_sha256 or None,
             )
+            request.kept = True
             tally.stored(outcome)
         except InvalidInput as exc:
             return self._refused(

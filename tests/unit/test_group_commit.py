@@ -303,3 +303,104 @@ def test_a_connection_lost_at_every_attempt_fails_the_batch_without_committing(
     assert committer.run(lambda conn: conn.execute(insert(probe).values(n=1)) and 1) == 1
     with pg_engine.connect() as conn:
         assert conn.execute(select(probe.c.n)).scalars().all() == [1]
+
+
+def _insert(n: int) -> Callable[[Connection], int]:
+    def work(conn: Connection) -> int:
+        conn.execute(insert(probe).values(n=n))
+        return n
+
+    return work
+
+
+def _committed(engine: Engine) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(probe.c.n).order_by(probe.c.n)).scalars())
+
+
+def test_work_answered_early_hears_its_result_before_the_commit_and_runs_after_it(
+    engine: Engine,
+) -> None:
+    committing, release = threading.Event(), threading.Event()
+
+    def hold_commit(_conn: Connection) -> None:
+        committing.set()
+        assert release.wait(10)
+
+    event.listen(engine, "commit", hold_commit)
+    after: list[int] = []
+    committer = GroupCommitter(engine)
+    outcome = committer.submit(
+        _insert(1), lambda: None, answer_early=lambda n: n == 1, after_commit=after.append
+    )
+    assert outcome() == 1  # returns while the commit is held
+    assert committing.wait(10)
+    assert after == []
+    release.set()
+    committer.settle()
+    assert after == [1]
+    assert _committed(engine) == [1]
+
+
+def test_work_answered_early_is_not_answered_when_its_batch_is_not_ready(engine: Engine) -> None:
+    committer = GroupCommitter(engine)
+
+    def never_ready() -> None:
+        raise OSError("the file could not be made durable")
+
+    with pytest.raises(OSError, match="durable"):
+        committer.submit(_insert(1), never_ready, answer_early=lambda n: True)()
+    assert _committed(engine) == []
+
+
+def test_an_answered_piece_whose_commit_failed_runs_again_until_committed(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.group_commit.OWED_PAUSES", (0.0,))
+    refusals = [1]
+
+    def refuse_commit(_conn: Connection) -> None:
+        if refusals[0]:
+            refusals[0] -= 1
+            raise RuntimeError("the database went away at commit")
+
+    event.listen(engine, "commit", refuse_commit)
+    after: list[int] = []
+    committer = GroupCommitter(engine)
+    assert (
+        committer.submit(_insert(7), answer_early=lambda n: True, after_commit=after.append)() == 7
+    )
+    # Submitted after the answered piece, so it commits after (or with) it: it waits for it.
+    committer.settle()
+    assert _committed(engine) == [7]
+    assert after == [7]
+    assert refusals == [0]
+
+
+def test_an_answered_piece_that_fails_on_its_own_when_run_again_is_given_up(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.group_commit.OWED_PAUSES", (0.0,))
+    monkeypatch.setattr("gateway.group_commit.MAX_OWED_RUNS", 3)
+    runs = [0]
+    refusals = [1]
+
+    def refuse_commit(_conn: Connection) -> None:
+        if refusals[0]:
+            refusals[0] -= 1
+            raise RuntimeError("the database went away at commit")
+
+    def flaky(conn: Connection) -> int:
+        runs[0] += 1
+        if runs[0] > 1:
+            raise ValueError("this piece now fails on its own")
+        conn.execute(insert(probe).values(n=1))
+        return 1
+
+    event.listen(engine, "commit", refuse_commit)
+    committer = GroupCommitter(engine)
+    assert committer.submit(flaky, answer_early=lambda n: True)() == 1
+    committer.run(_insert(2))  # not held up by the piece given up
+    committer.settle()
+    assert runs[0] == 3
+    assert _committed(engine) == [2]
