@@ -203,22 +203,16 @@ class Spool:
             # Hashed while received, synced later: nothing to read or sync here (`size` is
             # the source's, taken before linking; the caller will not change the file).
             return SpooledFile(final, size, sha256, synced=False)
-        digest = hashlib.sha256()
-        size = 0
         with source.open("rb") as fh:
             if sha256 is None:
-                while chunk := fh.read(CHUNK_BYTES):
-                    start = size
-                    size += len(chunk)
-                    # A view, not a slice: the data set is hashed without copying the chunk.
-                    digest.update(memoryview(chunk)[max(0, hash_from - start) :])
+                size, sha256 = hash_data_set(fh, hash_from)
             else:
                 size = os.fstat(fh.fileno()).st_size
             if defer_sync:
-                return SpooledFile(final, size, sha256 or digest.hexdigest(), synced=False)
+                return SpooledFile(final, size, sha256, synced=False)
             os.fsync(fh.fileno())
         _fsync_dir(directory)
-        return SpooledFile(final, size, sha256 or digest.hexdigest())
+        return SpooledFile(final, size, sha256)
 
     def sync(self, spooled: SpooledFile) -> None:
         """Make a file spooled with `defer_sync` durable: its bytes, then its name."""
@@ -303,6 +297,18 @@ class Spool:
             raise
         _fsync_dir(directory)
         return SpooledFile(final, size, digest.hexdigest())
+
+
+def hash_data_set(fh: BinaryIO, hash_from: int) -> tuple[int, str]:
+    """The size of the open file and the SHA-256 of its bytes from `hash_from` on."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := fh.read(CHUNK_BYTES):
+        start = size
+        size += len(chunk)
+        # A view, not a slice: the data set is hashed without copying the chunk.
+        digest.update(memoryview(chunk)[max(0, hash_from - start) :])
+    return size, digest.hexdigest()
 
 
 def _chunks(source: Path | bytes | BinaryIO) -> Iterator[bytes]:

@@ -11,18 +11,17 @@ row was committed) is removed, and so is the directory.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
 from sqlalchemy import select
 
-from gateway.dicom_header import data_set_offset, parse_header
+from gateway.dicom_header import ParsedHeader, data_set_offset, parse_header
 from gateway.domain.errors import InvalidInput
 from gateway.ingest import Disposition, InstanceRecorder
 from gateway.persistence.tables import instances
-from gateway.spool import CHUNK_BYTES, Spool, SpooledFile
+from gateway.spool import Spool, SpooledFile, hash_data_set
 from gateway.transfer_audit import run_ended
 
 log = logging.getLogger(__name__)
@@ -44,8 +43,8 @@ def recover_answered(recorder: InstanceRecorder, spool: Spool) -> list[Path]:
             continue
         for mark in sorted(run.iterdir()):
             try:
-                spooled = _spooled_twin(spool, mark)
-                kept = _record(recorder, spool, spooled) if spooled is not None else None
+                twin = _spooled_twin(spool, mark)
+                kept = _record(recorder, spool, *twin) if twin is not None else None
                 if kept is not None:
                     recorded.append(kept)
             except Exception:
@@ -62,8 +61,9 @@ def recover_answered(recorder: InstanceRecorder, spool: Spool) -> list[Path]:
     return recorded
 
 
-def _spooled_twin(spool: Spool, mark: Path) -> Path | None:
-    """The spool name that shares `mark`'s bytes, if a receiver linked it there."""
+def _spooled_twin(spool: Spool, mark: Path) -> tuple[Path, ParsedHeader] | None:
+    """The spool name that shares `mark`'s bytes, if a receiver linked it there, and the
+    header of those bytes."""
     stat = mark.stat()
     if stat.st_nlink < 2:
         return None  # never linked into the spool: its sender heard no success
@@ -76,11 +76,13 @@ def _spooled_twin(spool: Spool, mark: Path) -> Path | None:
     for candidate in first.parent.glob(f"{prefix}*.dcm"):
         other = candidate.stat()
         if (other.st_ino, other.st_dev) == (stat.st_ino, stat.st_dev):
-            return candidate
+            return candidate, header
     return None
 
 
-def _record(recorder: InstanceRecorder, spool: Spool, path: Path) -> Path | None:
+def _record(
+    recorder: InstanceRecorder, spool: Spool, path: Path, header: ParsedHeader
+) -> Path | None:
     """Record the spool file `path` unless a row refers to it; where it is kept, if it was."""
     with recorder.engine.connect() as conn:
         known = conn.execute(
@@ -88,18 +90,12 @@ def _record(recorder: InstanceRecorder, spool: Spool, path: Path) -> Path | None
         ).first()
     if known is not None:
         return None
-    header = parse_header(path)
     meta = read_file_meta_info(path)
     # The receiver wrote the calling AE title as the file's source (PS3.10 7.1).
     calling_ae = str(meta.get("SourceApplicationEntityTitle", "") or "")
-    hash_from = data_set_offset(path)
-    digest = hashlib.sha256()
-    size = 0
     with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK_BYTES):
-            digest.update(memoryview(chunk)[max(0, hash_from - size) :])
-            size += len(chunk)
-    spooled = SpooledFile(path, size, digest.hexdigest(), synced=False)
+        size, sha256 = hash_data_set(fh, data_set_offset(path))
+    spooled = SpooledFile(path, size, sha256, synced=False)
     version = int(path.name.rsplit(".", 2)[1])
     outcome = recorder.record_in_place(spooled, version, header, calling_ae)
     if outcome is None:
