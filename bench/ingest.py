@@ -221,7 +221,7 @@ def measure(
                     seconds = stow(receiver.http_port, "/dicom-web/studies", "", files, per_request)
             else:
                 seconds = cstore(receiver, files, associations)
-        stored = receiver.stored()
+        stored = receiver.stored(len(files))
         if stored != len(files):
             raise RuntimeError(f"{receiver.name} holds {stored} of {len(files)} instances")
     finally:

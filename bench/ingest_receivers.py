@@ -41,8 +41,31 @@ class Receiver(Protocol):
     def pid(self) -> int:
         """The receiving process."""
 
-    def stored(self) -> int:
-        """How many instances it holds."""
+    def stored(self, expected: int) -> int:
+        """How many instances it holds, once those answered before their commit are committed."""
+
+
+def committed_rows(database_url: str, expected: int, timeout: float = 10.0) -> int:
+    """The gateway's instance rows, waiting up to `timeout` until `expected` are committed.
+
+    The gateway answers a C-STORE before its commit (docs/ingest.md): the sender may exit while
+    the last rows are still being committed, so an immediate count could come up short.
+    """
+    from sqlalchemy import create_engine, func, select
+
+    from gateway.persistence.tables import instances
+
+    engine = create_engine(database_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as conn:
+                count = int(conn.execute(select(func.count()).select_from(instances)).scalar_one())
+            if count >= expected or time.monotonic() > deadline:
+                return count
+            time.sleep(0.02)
+    finally:
+        engine.dispose()
 
 
 def _children(pid: int) -> list[int]:
@@ -216,18 +239,10 @@ class GatewayReceiver:
         assert self.gw.proc is not None
         return self.gw.proc.pid
 
-    def stored(self) -> int:
-        """Instance rows."""
-        from sqlalchemy import create_engine, func, select
-
-        from gateway.persistence.tables import instances
-
+    def stored(self, expected: int) -> int:
+        """Instance rows, once `expected` are committed (or 10 s have passed)."""
         assert self.gw is not None
-        engine = create_engine(self.gw.env["HITL_GATEWAY_DATABASE__URL"])
-        with engine.connect() as conn:
-            count = int(conn.execute(select(func.count()).select_from(instances)).scalar_one())
-        engine.dispose()
-        return count
+        return committed_rows(self.gw.env["HITL_GATEWAY_DATABASE__URL"], expected)
 
 
 class StorescpReceiver:
@@ -267,8 +282,8 @@ class StorescpReceiver:
         assert self.proc is not None
         return self.proc.pid
 
-    def stored(self) -> int:
-        """Files written."""
+    def stored(self, expected: int) -> int:
+        """Files written (each answered after its file was written)."""
         return sum(1 for p in self.directory.iterdir() if p.is_file())
 
 
@@ -337,8 +352,8 @@ class OrthancReceiver:
         assert self.pacs.proc is not None
         return self.pacs.proc.pid
 
-    def stored(self) -> int:
-        """Instances in its index."""
+    def stored(self, expected: int) -> int:
+        """Instances in its index (each answered after its index commit)."""
         assert self.pacs is not None
         return int(self.pacs.get("/statistics")["CountInstances"])
 

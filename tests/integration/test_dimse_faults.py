@@ -58,9 +58,13 @@ class Listener:
     port: int
     engine: Engine
     spool_dir: Path
+    settle: Callable[[], None]
 
     def rows(self) -> list[dict[str, object]]:
-        """Instance rows."""
+        """Instance rows, once every instance answered so far is committed."""
+        # A C-STORE is answered before its commit (docs/ingest.md): reading right after the
+        # sender returns could otherwise miss the last row.
+        self.settle()
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(select(instances))]
 
@@ -106,11 +110,12 @@ def start_listener(tmp_path: Path) -> Iterator[Callable[..., Listener]]:
             metadata.create_all(conn)
             ensure_head(conn)
         spool = Spool(settings.storage.spool_dir, quota, min_free_bytes=0)
-        listener = DimseListener(settings, InstanceRecorder(engine, spool, settings))
+        recorder = InstanceRecorder(engine, spool, settings)
+        listener = DimseListener(settings, recorder)
         listener.start()
         running.append((listener, engine))
         _wait(lambda: _listening(listener.port))
-        return Listener(listener.port, engine, settings.storage.spool_dir)
+        return Listener(listener.port, engine, settings.storage.spool_dir, recorder.settle)
 
     yield start
     for listener, engine in running:

@@ -9,7 +9,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ class Gateway:
     port: int
     engine: Engine
     spool_dir: Path
+    settle: Callable[[], None]  # returns once every instance answered so far is committed
 
 
 def _wait_until_listening(port: int, timeout: float = 10.0) -> None:
@@ -96,7 +97,7 @@ def _gateway(tmp_path: Path, **dicom: Any) -> Iterator[Gateway]:
     listener.start()
     try:
         _wait_until_listening(listener.port)
-        yield Gateway(listener.port, engine, settings.storage.spool_dir)
+        yield Gateway(listener.port, engine, settings.storage.spool_dir, recorder.settle)
     finally:
         listener.stop()
         engine.dispose()
@@ -151,6 +152,7 @@ def test_storescu_instance_is_spooled_unchanged_and_recorded(
     )
     assert result.returncode == 0, result.stderr
     assert "Received Store Response (Success)" in result.stdout + result.stderr
+    gateway.settle()  # answered before its commit
     with gateway.engine.connect() as conn:
         row = conn.execute(select(instances)).one()
         study = conn.execute(select(studies)).one()
